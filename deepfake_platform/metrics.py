@@ -1,0 +1,78 @@
+"""Detection metrics as pure functions over numpy arrays (label 1 = fake, score = fake probability)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels).astype(int).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels ({labels.size}) and scores ({scores.size}) differ in length.")
+    if labels.size == 0:
+        raise ValueError("no predictions to score: the split is empty.")
+    return labels, scores
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC; NaN when only one class is present (AUC is undefined there)."""
+    labels, scores = _check(labels, scores)
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(skm.roc_auc_score(labels, scores))
+
+
+def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """EER and the threshold where the false-positive and false-negative rates meet."""
+    labels, scores = _check(labels, scores)
+    fpr, tpr, thresholds = skm.roc_curve(labels, scores)
+    fnr = 1.0 - tpr
+    i = int(np.nanargmin(np.abs(fnr - fpr)))
+    threshold = float(min(thresholds[i], 1.0))
+    return float((fpr[i] + fnr[i]) / 2.0), threshold
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The decision threshold maximising Youden's J (TPR - FPR) on these (validation) predictions."""
+    labels, scores = _check(labels, scores)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = skm.roc_curve(labels, scores)
+    i = int(np.argmax(tpr - fpr))
+    # roc_curve's first threshold is +inf (nothing predicted fake); keep thresholds in [0, 1].
+    return float(np.clip(thresholds[i], 0.0, 1.0))
+
+
+def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Accuracy, precision, recall, F1 and the confusion matrix at one threshold."""
+    labels, scores = _check(labels, scores)
+    predicted = (scores >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    return {
+        "threshold": float(threshold),
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "precision": float(skm.precision_score(labels, predicted, zero_division=0)),
+        "recall": float(skm.recall_score(labels, predicted, zero_division=0)),
+        "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
+        "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+    }
+
+
+def classification_report(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Every metric the reports show: AUC, AP, EER, and threshold metrics at 0.5 and at `threshold`."""
+    labels, scores = _check(labels, scores)
+    both = len(np.unique(labels)) == 2
+    eer, eer_threshold = equal_error_rate(labels, scores) if both else (float("nan"), float("nan"))
+    return {
+        "n": int(labels.size),
+        "n_fake": int(labels.sum()),
+        "n_real": int((labels == 0).sum()),
+        "auc": roc_auc(labels, scores),
+        "average_precision": float(skm.average_precision_score(labels, scores)) if both else float("nan"),
+        "eer": eer,
+        "eer_threshold": eer_threshold,
+        "at_0.5": threshold_metrics(labels, scores, 0.5),
+        "at_val_threshold": threshold_metrics(labels, scores, threshold),
+    }

@@ -1,0 +1,70 @@
+"""Metrics against scikit-learn on known arrays, and the thresholds chosen on validation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from deepfake_platform.metrics import (
+    choose_threshold,
+    classification_report,
+    equal_error_rate,
+    roc_auc,
+    threshold_metrics,
+)
+
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0, 1])
+SCORES = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9, 0.2, 0.65, 0.05, 0.55])
+
+
+def test_auc_and_average_precision_match_sklearn():
+    report = classification_report(LABELS, SCORES, threshold=0.5)
+    assert report["auc"] == pytest.approx(skm.roc_auc_score(LABELS, SCORES))
+    assert report["average_precision"] == pytest.approx(skm.average_precision_score(LABELS, SCORES))
+    assert (report["n"], report["n_fake"], report["n_real"]) == (10, 5, 5)
+
+
+def test_threshold_metrics_match_sklearn():
+    for threshold in (0.5, 0.6):
+        predicted = (SCORES >= threshold).astype(int)
+        got = threshold_metrics(LABELS, SCORES, threshold)
+        assert got["accuracy"] == pytest.approx(skm.accuracy_score(LABELS, predicted))
+        assert got["precision"] == pytest.approx(skm.precision_score(LABELS, predicted))
+        assert got["recall"] == pytest.approx(skm.recall_score(LABELS, predicted))
+        assert got["f1"] == pytest.approx(skm.f1_score(LABELS, predicted))
+        tn, fp, fn, tp = skm.confusion_matrix(LABELS, predicted).ravel()
+        assert got["confusion_matrix"] == {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+
+
+def test_equal_error_rate_on_a_known_case():
+    # One real scored above one fake out of 4 each: FPR = FNR = 0.25 at the crossing.
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.75, 0.6, 0.8, 0.9, 0.95])
+    eer, threshold = equal_error_rate(labels, scores)
+    assert eer == pytest.approx(0.25)
+    assert 0.0 <= threshold <= 1.0
+
+
+def test_perfect_separation():
+    labels = np.array([0, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.8, 0.9])
+    assert roc_auc(labels, scores) == 1.0
+    threshold = choose_threshold(labels, scores)
+    assert 0.2 < threshold <= 0.8
+    assert threshold_metrics(labels, scores, threshold)["accuracy"] == 1.0
+    assert equal_error_rate(labels, scores)[0] == 0.0
+
+
+def test_single_class_gives_nan_auc_not_a_crash():
+    assert math.isnan(roc_auc(np.ones(4), np.linspace(0, 1, 4)))
+    assert choose_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3])) == 0.5
+
+
+def test_mismatched_or_empty_inputs_are_errors():
+    with pytest.raises(ValueError, match="differ in length"):
+        roc_auc(np.array([0, 1]), np.array([0.5]))
+    with pytest.raises(ValueError, match="empty"):
+        roc_auc(np.array([]), np.array([]))
