@@ -1,0 +1,231 @@
+"""The results report of a run: RESULTS.md, results.json and PNG plots, from one results dict.
+
+`render_markdown` is a pure function of the results; `write_report` is the only part touching files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SECTIONS = (
+    "## Best model",
+    "## Test metrics",
+    "## Training by epoch",
+    "## Architecture and parameters",
+    "## Hyperparameters",
+    "## Hardware and timing",
+    "## Checkpoints",
+    "## Loading the best model",
+)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def hardware_summary(device: str, num_workers: int, cpus_per_worker: float, precision: str) -> dict[str, Any]:
+    """The machine and software a run used, for the report."""
+    import ray
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "device": device,
+        "cpu": cpu,
+        "logical_cpus": __import__("os").cpu_count(),
+        "num_workers": num_workers,
+        "cpus_per_worker": cpus_per_worker,
+        "precision": precision,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+    }
+
+
+def _metric_rows(test: dict[str, Any]) -> list[str]:
+    at_val, at_half = test["at_val_threshold"], test["at_0.5"]
+    rows = [
+        "| metric | at 0.5 | at validation threshold ({}) |".format(_fmt(at_val["threshold"])),
+        "| --- | --- | --- |",
+    ]
+    for key in ("accuracy", "precision", "recall", "f1"):
+        rows.append(f"| {key} | {_fmt(at_half[key])} | {_fmt(at_val[key])} |")
+    cm_half, cm_val = at_half["confusion_matrix"], at_val["confusion_matrix"]
+    rows.append(
+        "| confusion (tn/fp/fn/tp) | {tn}/{fp}/{fn}/{tp} | ".format(**cm_half)
+        + "{tn}/{fp}/{fn}/{tp} |".format(**cm_val)
+    )
+    return rows
+
+
+def render_metrics_table(metrics: dict[str, Any]) -> str:
+    """The test-metrics tables (threshold-free metrics, then at 0.5 and at the validation threshold)."""
+    lines = ["| metric | value |", "| --- | --- |"]
+    for key, label in (("auc", "ROC AUC"), ("average_precision", "average precision"), ("eer", "equal error rate")):
+        lines.append(f"| {label} | {_fmt(metrics[key])} |")
+    return "\n".join(lines + [""] + _metric_rows(metrics))
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """RESULTS.md for a run: every section a colleague needs, from the results dict alone."""
+    best, test, history = results["best"], results["test"]["metrics"], results["history"]
+    config, params, hardware, timing = results["config"], results["parameters"], results["hardware"], results["timing"]
+    lines = [f"# Results: {results['run']}", "", f"Created {results['created']}. Data: `{results['data_root']}`.", ""]
+    if results.get("pretrained_status"):
+        status = ", ".join(f"{k}: {v}" for k, v in results["pretrained_status"].items())
+        lines += [f"Pretrained weights: {status}.", ""]
+
+    lines += [SECTIONS[0], "", "| item | value |", "| --- | --- |"]
+    lines += [
+        f"| detector | `{results['detector']}` |",
+        f"| best epoch (validation AUC) | {best['epoch']} |",
+        f"| validation AUC | {_fmt(best['val_auc'])} |",
+        f"| decision threshold (chosen on validation) | {_fmt(best['val_threshold'])} |",
+        f"| test AUC | {_fmt(test['auc'])} |",
+        f"| checkpoint | `{best['checkpoint']}` |",
+    ]
+    if results.get("promoted"):
+        lines.append(f"| promoted to | `{results['promoted']}` |")
+
+    lines += ["", SECTIONS[1], "", f"Test split: {test['n']} images ({test['n_real']} real, {test['n_fake']} fake).", ""]
+    lines += [render_metrics_table(test), "", "![ROC on test](roc_test.png)", ""]
+
+    lines += [SECTIONS[2], "", "| epoch | train loss | val loss | val AUC | images/s | time (s) | best |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in history:
+        mark = "**best**" if int(row["epoch"]) == int(best["epoch"]) else ""
+        lines.append(
+            f"| {int(row['epoch'])} | {_fmt(row['train_loss'])} | {_fmt(row['val_loss'])} | {_fmt(row['val_auc'])} "
+            f"| {_fmt(row['images_per_s'], 2)} | {_fmt(row['epoch_time_s'], 1)} | {mark} |"
+        )
+    lines += ["", "![Training curves](training_curves.png)", ""]
+
+    lines += [SECTIONS[3], "", f"Detector `{results['detector']}` with arguments `{json.dumps(results['detector_kwargs'])}`.", ""]
+    lines += ["| parameters | count |", "| --- | --- |"]
+    for key in ("total", "trainable", "frozen"):
+        lines.append(f"| {key} | {params[key]:,} |")
+
+    train = config["train"]
+    lines += ["", SECTIONS[4], "", "| hyperparameter | value |", "| --- | --- |"]
+    lines += [
+        f"| optimizer | Adam (lr {train['lr']:g}, weight decay {train['weight_decay']:g}) |",
+        "| loss | BCEWithLogits |",
+        f"| batch size (per worker) | {train['batch_size']} |",
+        f"| epochs | {train['epochs']} |",
+        f"| precision | {train['precision']} |",
+        f"| freeze | {config['model']['freeze']} |",
+        f"| pretrained policy | {config['model']['pretrained']} |",
+        f"| image size | {results['image_size']} |",
+        "| augmentation | RandomResizedCrop + RandomHorizontalFlip, ImageNet normalisation |",
+        f"| seed | {train['seed']} |",
+    ]
+
+    lines += ["", SECTIONS[5], "", "| item | value |", "| --- | --- |"]
+    for key in ("device", "cpu", "logical_cpus", "num_workers", "cpus_per_worker", "precision", "python", "torch", "ray"):
+        lines.append(f"| {key} | {hardware.get(key)} |")
+    per_epoch = [row["epoch_time_s"] for row in history]
+    lines += [
+        f"| total wall time | {timing['total_s'] / 60:.1f} min |",
+        f"| time per epoch | {np.mean(per_epoch):.1f} s mean ({', '.join(f'{t:.0f}' for t in per_epoch)}) |"
+        if per_epoch else "| time per epoch | n/a |",
+    ]
+
+    lines += ["", SECTIONS[6], ""]
+    lines += [f"- `{name}`" for name in results["checkpoints"]]
+
+    lines += [
+        "", SECTIONS[7], "",
+        "```python",
+        "import torch",
+        "from deepfake_platform.checkpoints import load_checkpoint, build_model_from_checkpoint",
+        "",
+        f"payload = load_checkpoint('{best['checkpoint']}')  # torch.load(..., weights_only=True)",
+        "model = build_model_from_checkpoint(payload).eval()",
+        "threshold = payload['val_threshold']  # chosen on validation",
+        "```",
+        "",
+        "Or serve it: `serve run serve.config` (loads `artifacts/best.pth`), or evaluate it again:",
+        f"`python experiments/evaluate.py --checkpoint {best['checkpoint']} --data {results['data_root']}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_roc(labels: np.ndarray, scores: np.ndarray, path: Path, title: str) -> Path:
+    """ROC curve PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if len(np.unique(labels)) == 2:
+        fpr, tpr, _ = roc_curve(labels, scores)
+        ax.plot(fpr, tpr, label="detector")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(history: list[dict[str, float]], path: Path) -> Path:
+    """Train / validation loss and validation AUC per epoch, PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    loss_ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
+    loss_ax.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
+    loss_ax.set(xlabel="epoch", ylabel="BCE loss", title="loss")
+    loss_ax.legend()
+    auc_ax.plot(epochs, [row["val_auc"] for row in history], marker="o", color="tab:green")
+    auc_ax.set(xlabel="epoch", ylabel="AUC", title="validation AUC")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_report(results: dict[str, Any], run_dir: Path) -> Path:
+    """Write RESULTS.md, results.json, roc_test.png and training_curves.png; return RESULTS.md."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    test = results["test"]
+    plot_roc(np.asarray(test["labels"]), np.asarray(test["scores"]), run_dir / "roc_test.png",
+             f"ROC on test (AUC {_fmt(test['metrics']['auc'])})")
+    plot_training_curves(results["history"], run_dir / "training_curves.png")
+    (run_dir / "results.json").write_text(json.dumps(_json_safe(results), indent=2))
+    report = run_dir / "RESULTS.md"
+    report.write_text(render_markdown(results))
+    return report
