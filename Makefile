@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test run smoke lint clean
+.PHONY: setup test run smoke serve ensemble lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,12 @@ run: $(STAMP)
 
 smoke: $(STAMP)
 	$(PY) experiments/reproduce_baseline.py --smoke --name smoke
+
+serve: $(STAMP)
+	$(VENV)/bin/serve run serve.config
+
+ensemble: $(STAMP)
+	$(PY) experiments/build_ensemble.py --config experiments/configs/ensemble.yaml
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -146,7 +146,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}.")
         return dict(value)
     if dataclasses.is_dataclass(annotation):
-        return _build(annotation, value, source, prefix=key + ".")
+        return build_dataclass(annotation, value, source, prefix=key + ".")
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -167,7 +167,8 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     )
 
 
-def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
+def build_dataclass(cls: type, data: Any, source: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, checking keys and types; errors name the key and `source`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {data!r}.")
     hints = typing.get_type_hints(cls)
@@ -184,7 +185,7 @@ def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
     """Build and validate an ExperimentConfig from a nested dict."""
-    return _build(ExperimentConfig, data, source).validate()
+    return build_dataclass(ExperimentConfig, data, source).validate()
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -208,13 +208,14 @@ def plot_training_curves(history: list[dict[str, float]], path: Path) -> Path:
     return path
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """`value` with NaN turned into None, so the JSON is strict."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -225,7 +226,7 @@ def write_report(results: dict[str, Any], run_dir: Path) -> Path:
     plot_roc(np.asarray(test["labels"]), np.asarray(test["scores"]), run_dir / "roc_test.png",
              f"ROC on test (AUC {_fmt(test['metrics']['auc'])})")
     plot_training_curves(results["history"], run_dir / "training_curves.png")
-    (run_dir / "results.json").write_text(json.dumps(_json_safe(results), indent=2))
+    (run_dir / "results.json").write_text(json.dumps(json_safe(results), indent=2))
     report = run_dir / "RESULTS.md"
     report.write_text(render_markdown(results))
     return report

@@ -1,0 +1,319 @@
+"""The Ray Serve application: one `Detector` deployment per model, and an HTTP ingress that combines them.
+
+    serve run serve.config                  # artifacts/best.pth on http://127.0.0.1:8000
+    serve run serve.ensemble.config         # the ensemble written by experiments/build_ensemble.py
+    curl -F file=@face.jpg http://127.0.0.1:8000/predict
+    curl -H 'Content-Type: image/jpeg' --data-binary @face.jpg http://127.0.0.1:8000/predict
+    curl -F files=@a.jpg -F files=@b.png http://127.0.0.1:8000/predict/batch
+
+`build_app(args)` is the builder serve.config names. The `model` argument is a platform checkpoint,
+a saved frequency detector, or an ensemble spec; each detector gets its own deployment with
+fractional CPUs and `@serve.batch` dynamic batching, and the ingress applies the ensemble's combiner
+to their probabilities. With the env var named by `token_env` set, /predict* and /models need
+`Authorization: Bearer <token>`.
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see the real `Request` annotations on the
+# methods Serve's ingress wraps, or it reads `request` as a query parameter.
+import asyncio
+import hmac
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from PIL import Image
+from pydantic import BaseModel
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
+
+from deepfake_platform.checkpoints import file_sha256
+from deepfake_platform.config import build_dataclass
+from deepfake_platform.data import DEFAULT_MAX_PIXELS
+from deepfake_platform.ensemble import (
+    Combiner,
+    load_ensemble,
+    load_member,
+    member_kind,
+    read_member_file,
+    safe_name,
+)
+from serve.uploads import APIError, Limits, decode_image, read_uploads
+
+HEALTH_TIMEOUT_S = 2.0
+
+
+@dataclass
+class AppArgs:
+    """The `args` of an application in serve.config (unknown keys are errors, as in every config)."""
+
+    # A checkpoint (artifacts/best.pth after training), a frequency detector .pth, or an ensemble spec.
+    model: str = "artifacts/best.pth"
+    # The env var holding the API token; unset or empty: no authentication.
+    token_env: str = "DEEPFAKE_API_TOKEN"
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_batch_files: int = 16
+    # Dynamic batching in each Detector replica.
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.01
+    precision: str = "auto"
+
+
+# ---- the model deployment ------------------------------------------------------------------------
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+class Detector:
+    """One detector loaded in each replica; `predict` scores single images, batched by Serve."""
+
+    def __init__(self, path: str, precision: str, max_batch_size: int, batch_wait_timeout_s: float):
+        self.member = load_member(path, precision=precision)
+        self.predict.set_max_batch_size(max_batch_size)
+        self.predict.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def info(self) -> dict[str, Any]:
+        """The detector's identity, threshold and validation AUC."""
+        return asdict(self.member.info)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def predict(self, images: list[Image.Image]) -> list[float]:
+        """Fake probabilities for a batch of RGB images (Serve gathers single calls into the list)."""
+        # In a thread, so the replica still answers info() and health checks during a long batch.
+        probabilities = await asyncio.to_thread(self.member.predict_images, images)
+        return [float(p) for p in probabilities]
+
+
+# ---- the HTTP ingress ----------------------------------------------------------------------------
+
+
+class ModelIdentity(BaseModel):
+    """Which model answered."""
+
+    name: str
+    checkpoint: str
+    sha256: str
+
+
+class Prediction(BaseModel):
+    """The verdict for one image."""
+
+    fake_probability: float
+    label: str
+    threshold: float
+    model: ModelIdentity
+    detectors: dict[str, float]
+    latency_ms: float
+    filename: str | None = None
+
+
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+BATCH_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["files"],
+        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+    }}},
+}
+ERRORS = {code: {"description": text, "content": {"application/json": {"example": {"error": "a sentence"}}}}
+          for code, text in [(400, "unreadable, empty or truncated image"), (401, "missing or wrong token"),
+                             (413, "body or image too large"), (415, "not an image content type")]}
+
+api = FastAPI(
+    title="Deepfake image detector",
+    description="Fake probability of an image from the platform's best checkpoint or ensemble.",
+)
+
+
+@api.exception_handler(APIError)
+async def _api_error(request: Request, err: APIError) -> JSONResponse:
+    return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"error": f"the request is malformed: {err.errors()}"}, status_code=422)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.ingress(api)
+class DeepfakeAPI:
+    """HTTP front door: validates uploads, fans each image out to every detector, applies the combiner."""
+
+    def __init__(self, detectors: dict[str, DeploymentHandle], combiner: dict[str, Any],
+                 threshold: float | None, model: dict[str, str] | None, limits: Limits,
+                 token_env: str, auth_required: bool):
+        self.token = os.environ.get(token_env, "")
+        if auth_required and not self.token:
+            raise RuntimeError(
+                f"{token_env} was set where the app was built but is empty in this replica's environment; "
+                f"set {token_env} on every Ray node (or in the app's runtime_env) before starting Serve."
+            )
+        self.detectors = detectors
+        self.combiner = Combiner.from_dict(combiner)
+        self.limits = limits
+        # None for a single detector: its own validation threshold and identity, read once it has loaded.
+        self.threshold = threshold
+        self.model = model
+        self.members: list[dict[str, Any]] | None = None
+
+    async def _load_members(self) -> list[dict[str, Any]]:
+        """Each detector's info; waits until every Detector replica has loaded its model."""
+        if self.members is None:
+            infos = [await handle.info.remote() for handle in self.detectors.values()]
+            members = [{**info, "name": name, "detector": info["name"]}
+                       for name, info in zip(self.detectors, infos, strict=True)]
+            if self.threshold is None:
+                self.threshold = members[0]["threshold"]
+                self.model = {"name": infos[0]["name"], "checkpoint": infos[0]["checkpoint"],
+                              "sha256": infos[0]["sha256"]}
+            self.members = members
+        return self.members
+
+    def _authorize(self, request: Request) -> None:
+        if not self.token:
+            return
+        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), self.token.encode()):
+            raise APIError(401, "missing or wrong API token: send the header `Authorization: Bearer <token>`.",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    async def _predict(self, uploads: list[tuple[str | None, bytes]], started: float) -> list[dict[str, Any]]:
+        await self._load_members()
+        images = [await asyncio.to_thread(decode_image, name, data, self.limits.max_pixels) for name, data in uploads]
+        # Every call is sent before any is awaited: the detectors work in parallel and batch the images.
+        calls = [[handle.predict.remote(image) for handle in self.detectors.values()] for image in images]
+        probabilities = np.array([[await call for call in row] for row in calls], dtype=np.float64)
+        fused = self.combiner.apply(probabilities)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        return [
+            {
+                "fake_probability": float(p),
+                "label": "fake" if p >= self.threshold else "real",
+                "threshold": self.threshold,
+                "model": self.model,
+                "detectors": dict(zip(self.detectors, row.tolist(), strict=True)),
+                "latency_ms": latency_ms,
+                "filename": name,
+            }
+            for (name, _), p, row in zip(uploads, fused, probabilities, strict=True)
+        ]
+
+    @api.post("/predict", response_model=Prediction, responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
+    async def predict(self, request: Request) -> dict[str, Any]:
+        """Fake probability of one image: a raw body with an image content type, or the multipart field `file`."""
+        started = time.perf_counter()
+        self._authorize(request)
+        uploads = await read_uploads(request, self.limits)
+        if len(uploads) != 1:
+            raise APIError(400, f"/predict takes one image, got {len(uploads)}; send several to /predict/batch.")
+        return (await self._predict(uploads, started))[0]
+
+    @api.post("/predict/batch", response_model=list[Prediction], responses=ERRORS,
+              openapi_extra={"requestBody": BATCH_BODY})
+    async def predict_batch(self, request: Request) -> list[dict[str, Any]]:
+        """Fake probabilities of several images sent as multipart `files` (or `file`) fields."""
+        started = time.perf_counter()
+        self._authorize(request)
+        uploads = await read_uploads(request, self.limits)
+        if len(uploads) > self.limits.max_batch_files:
+            raise APIError(413, f"{len(uploads)} images is more than the limit of {self.limits.max_batch_files} "
+                                "per request; split the batch.")
+        return await self._predict(uploads, started)
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        """200 once every detector has loaded its model, else 503 (open without a token)."""
+        try:
+            members = await asyncio.wait_for(self._load_members(), timeout=HEALTH_TIMEOUT_S)
+        except Exception as err:  # a timeout or a dead replica: either way, not ready
+            return JSONResponse({"status": "loading", "error": f"the detectors are not ready yet ({err!r})."},
+                                status_code=503)
+        return JSONResponse({"status": "ok", "detectors": [m["name"] for m in members]})
+
+    @api.get("/models")
+    async def models(self, request: Request) -> dict[str, Any]:
+        """What is deployed: the model or ensemble, its threshold, the combiner and every member."""
+        self._authorize(request)
+        members = await self._load_members()
+        combiner = self.combiner.to_dict()
+        if self.combiner.kind == "weighted":
+            combiner["weights"] = dict(zip(self.detectors, self.combiner.weights, strict=True))
+        if self.combiner.kind == "stacking":
+            combiner["coef"] = dict(zip(self.detectors, self.combiner.coef, strict=True))
+        return {"model": self.model, "threshold": self.threshold, "combiner": combiner, "members": members,
+                "limits": asdict(self.limits)}
+
+
+# ---- the builder ---------------------------------------------------------------------------------
+
+
+def missing_model_message(path: Path) -> str:
+    """The sentence shown when the model file is missing."""
+    return (
+        f"no model at {path}. Train and promote one with `make run` or `python experiments/reproduce_baseline.py` "
+        "(it writes artifacts/best.pth), build an ensemble with `python experiments/build_ensemble.py`, or set "
+        "`args.model` in the Serve config to an existing .pth file."
+    )
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Serve's application builder (`import_path: serve.app:build_app`): checks the model, binds deployments."""
+    options = build_dataclass(AppArgs, dict(args or {}), "the Serve config's args")
+    path = Path(options.model).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(missing_model_message(path))
+    batching = {"precision": options.precision, "max_batch_size": options.max_batch_size,
+                "batch_wait_timeout_s": options.batch_wait_timeout_s}
+    payload = read_member_file(path)
+    if member_kind(payload) == "ensemble":
+        spec = load_ensemble(path)
+        detectors = {m.name: Detector.options(name=f"Detector_{m.name}").bind(m.path, **batching) for m in spec.members}
+        combiner, threshold = spec.combiner.to_dict(), spec.threshold
+        model = {"name": spec.name, "checkpoint": path.name, "sha256": file_sha256(path)}
+    else:
+        name = payload["detector"]["name"] if member_kind(payload) == "torch" else member_kind(payload)
+        detectors = {safe_name(name): Detector.bind(str(path), **batching)}
+        combiner, threshold, model = Combiner("mean").to_dict(), None, None
+    limits = Limits(options.max_body_bytes, options.max_pixels, options.max_batch_files)
+    auth_required = bool(os.environ.get(options.token_env))
+    return DeepfakeAPI.bind(detectors, combiner, threshold, model, limits, options.token_env, auth_required)
+
+
+def ensemble_serve_config(ensemble: str | Path, member_names: list[str], app_name: str = "deepfake") -> dict[str, Any]:
+    """A multi-application Serve config deploying an ensemble spec, on 2 CPUs in all."""
+    # The ingress takes 0.25 CPU; the detectors share 1.5 so the whole app fits a 2-CPU machine.
+    member_cpus = math.floor(min(0.5, 1.5 / max(len(member_names), 1)) * 100) / 100
+    deployments = [{"name": "DeepfakeAPI", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}]
+    deployments += [{"name": f"Detector_{name}", "num_replicas": 1,
+                     "ray_actor_options": {"num_cpus": member_cpus}} for name in member_names]
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "applications": [{
+            "name": app_name,
+            "route_prefix": "/",
+            "import_path": "serve.app:build_app",
+            "args": {"model": str(ensemble), "token_env": "DEEPFAKE_API_TOKEN"},
+            "deployments": deployments,
+        }],
+    }

@@ -1,0 +1,133 @@
+"""Turning an HTTP request into decoded images, or into a 4xx error with a sentence saying what to fix.
+
+Nothing here ever reads a file named by the request: images arrive as bytes (a raw body with an image
+content type, or multipart `file` / `files` fields) and are size-checked before and while reading.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from deepfake_platform.data import BadImageError, load_image
+
+# Raw bodies: any image/* type, or bytes with no declared type.
+RAW_BODY_TYPES = ("image/", "application/octet-stream")
+FILE_FIELDS = ("file", "files")
+
+
+class APIError(Exception):
+    """An error the client caused: an HTTP status and a sentence, sent as {"error": sentence}."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may send."""
+
+    max_body_bytes: int
+    max_pixels: int
+    max_batch_files: int
+
+
+def content_type(request: Request) -> str:
+    """The media type of the request body, lower-case, without parameters."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refused with 413 when Content-Length or the bytes actually sent exceed max_bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise APIError(400, f"the Content-Length header {declared!r} is not a number.")
+        if int(declared) > max_bytes:
+            raise APIError(413, _too_large(int(declared), max_bytes))
+    chunks, size = [], 0
+    # Counted while reading: a client may send more than it declared, or no Content-Length at all.
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise APIError(413, _too_large(size, max_bytes))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return (f"the request body is over the limit of {max_bytes:,} bytes (got at least {size:,}); "
+            "send a smaller or recompressed image.")
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def read_uploads(request: Request, limits: Limits) -> list[tuple[str | None, bytes]]:
+    """(filename, bytes) of each uploaded image: the multipart `file`/`files` fields, or the raw body (no name)."""
+    media_type = content_type(request)
+    if media_type == "multipart/form-data":
+        body = await read_body(request, limits.max_body_bytes)
+        if not body:
+            raise APIError(400, "the request body is empty: attach the image as the multipart field `file`.")
+        parser = MultiPartParser(request.headers, _once(body), max_files=limits.max_batch_files)
+        try:
+            form = await parser.parse()
+        except MultiPartException as err:
+            status = 413 if "Too many files" in err.message else 400
+            raise APIError(status, f"the multipart body could not be read: {err.message}") from err
+        uploads = [item for field in FILE_FIELDS for item in form.getlist(field)]
+        if not uploads:
+            raise APIError(400, "no image in the form: attach it as the multipart field `file`.")
+        if not all(isinstance(item, UploadFile) for item in uploads):
+            raise APIError(400, "the `file` field must be a file upload, not text.")
+        files = [(item.filename or f"upload {i + 1}", await item.read()) for i, item in enumerate(uploads)]
+        await form.close()
+        return files
+    if media_type.startswith(RAW_BODY_TYPES):
+        body = await read_body(request, limits.max_body_bytes)
+        if not body:
+            raise APIError(400, "the request body is empty: send the image bytes as the body.")
+        return [(None, body)]
+    shown = media_type or "none"
+    raise APIError(
+        415,
+        f"unsupported content type {shown}: send the image as the raw body with an image content type "
+        "(e.g. image/jpeg) or as the multipart/form-data field `file`.",
+    )
+
+
+def _pixel_count(data: bytes) -> float:
+    """Width x height from the image header alone, 0 when the header cannot be read."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size[0] * image.size[1]
+    except Image.DecompressionBombError:
+        return float("inf")
+    except Exception:  # any unreadable header means "not too large": the 400 path reports it
+        return 0
+
+
+def decode_image(filename: str | None, data: bytes, max_pixels: int) -> Image.Image:
+    """Decode uploaded bytes into RGB: 413 over the pixel limit, 400 when empty, truncated or not an image."""
+    name = filename or "the uploaded image"
+    if not data:
+        raise APIError(400, f"{name} is empty: upload the image's bytes.")
+    try:
+        return load_image(data, max_pixels=max_pixels)
+    except BadImageError as err:
+        if _pixel_count(data) > max_pixels:
+            raise APIError(413, f"{name} has more than {max_pixels:,} pixels; downscale it and retry.") from err
+        # Pillow's own message names in-memory objects; the client needs what to do instead.
+        raise APIError(400, f"{name} could not be decoded: it is truncated, corrupt, or not an image "
+                            "(send JPEG, PNG, WebP, BMP, GIF or TIFF).") from err

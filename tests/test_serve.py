@@ -1,0 +1,296 @@
+"""Tests for serve/: the real app on a local Ray, over real HTTP, with real image files.
+
+One Ray + Serve per module: a single tiny checkpoint at /single and a weighted ensemble (tiny hybrid +
+frequency detector) at /ensemble, both behind bearer-token auth, on 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from deepfake_platform.checkpoints import file_sha256, save_checkpoint
+from deepfake_platform.config import ConfigError, ExperimentConfig, build_dataclass
+from deepfake_platform.ensemble import (
+    Combiner,
+    EnsembleSpec,
+    MemberSpec,
+    save_ensemble,
+    save_frequency_member,
+    weighted_combine,
+)
+from models import FrequencyDetector, create_detector
+from serve.app import AppArgs, build_app
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN_ENV = "DEEPFAKE_TEST_API_TOKEN"
+TOKEN = "s3cret-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MAX_BODY = 300_000
+THRESHOLD = 0.37
+WEIGHTS = [0.7, 0.3]
+TIMEOUT = httpx.Timeout(60.0)
+
+
+def tiny_checkpoint(path: Path, val_threshold: float) -> Path:
+    """A real platform checkpoint of the tiny hybrid (random weights)."""
+    torch.manual_seed(0)
+    model = create_detector("hybrid_tiny", pretrained_policy="off")
+    config = ExperimentConfig().to_dict()
+    config["model"]["name"] = "hybrid_tiny"
+    return save_checkpoint({
+        "model_state_dict": model.state_dict(), "optimizer_state_dict": {}, "epoch": 2, "val_auc": 0.75,
+        "val_threshold": val_threshold, "config": config,
+        "detector": {"name": "hybrid_tiny", "kwargs": model.detector_kwargs}, "history": [],
+    }, path)
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def photo(seed: int, size: int = 96) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    gradient = np.linspace(0, 255, size)[None, :, None] * np.ones((size, 1, 3))
+    return Image.fromarray(np.clip(gradient + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels: a decompression bomb's calling card."""
+    data = bytearray(encoded(Image.new("L", (1, 1)), "PNG"))
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    return bytes(data)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Model files and real image files on disk."""
+    root = tmp_path_factory.mktemp("serve")
+    checkpoint = tiny_checkpoint(root / "best.pth", THRESHOLD)
+    training = [photo(i, 64) for i in range(8)]
+    frequency = FrequencyDetector().fit(
+        [image if i % 2 else image.resize((16, 16)).resize((64, 64)) for i, image in enumerate(training)],
+        [i % 2 for i in range(8)])
+    frequency_path = save_frequency_member(frequency, root / "frequency.pth", val_threshold=0.5, val_auc=0.8)
+    spec = EnsembleSpec("tiny_ensemble", [MemberSpec("hybrid", str(checkpoint), file_sha256(checkpoint)),
+                                          MemberSpec("frequency", str(frequency_path), file_sha256(frequency_path))],
+                        Combiner("weighted", weights=WEIGHTS), threshold=0.55, val_auc=0.8)
+    images = {}
+    for i, fmt in enumerate(["JPEG", "PNG", "JPEG"]):
+        images[i] = root / f"image{i}.{fmt.lower()}"
+        images[i].write_bytes(encoded(photo(100 + i), fmt))
+    return {"checkpoint": checkpoint, "ensemble": save_ensemble(spec, root / "ensemble.pth"), "images": images}
+
+
+@pytest.fixture(scope="module")
+def base_url(files):
+    """Ray + Serve on loopback with both apps deployed; torn down after the module."""
+    import ray
+    from ray import serve
+
+    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", TOKEN_ENV)}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ[TOKEN_ENV] = TOKEN  # the builder sees it, and the replicas inherit it from the local Ray
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        common = {"token_env": TOKEN_ENV, "max_body_bytes": MAX_BODY, "max_batch_files": 4}
+        serve.run(build_app({"model": str(files["checkpoint"]), **common}), name="single", route_prefix="/single")
+        serve.run(build_app({"model": str(files["ensemble"]), **common}), name="ensemble", route_prefix="/ensemble")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    with httpx.Client(base_url=base_url, headers=AUTH, timeout=TIMEOUT) as http:
+        yield http
+
+
+def check_prediction(result: dict, threshold: float) -> None:
+    assert set(result) >= {"fake_probability", "label", "threshold", "model", "detectors", "latency_ms"}
+    assert 0.0 <= result["fake_probability"] <= 1.0
+    assert result["threshold"] == pytest.approx(threshold)
+    assert result["label"] == ("fake" if result["fake_probability"] >= threshold else "real")
+    assert set(result["model"]) == {"name", "checkpoint", "sha256"}
+    assert result["latency_ms"] > 0
+
+
+# ---- the happy path ------------------------------------------------------------------------------
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_predict_raw_and_multipart_agree(client, files):
+    jpeg = files["images"][0].read_bytes()
+    raw = client.post("/single/predict", content=jpeg, headers={"Content-Type": "image/jpeg"})
+    assert raw.status_code == 200, raw.text
+    result = raw.json()
+    check_prediction(result, THRESHOLD)  # the checkpoint's validation threshold, not 0.5
+    assert result["model"] == {"name": "hybrid_tiny", "checkpoint": "best.pth",
+                               "sha256": file_sha256(files["checkpoint"])}
+    assert result["detectors"] == {"hybrid_tiny": result["fake_probability"]}
+    with open(files["images"][0], "rb") as handle:
+        form = client.post("/single/predict", files={"file": ("face.jpg", handle, "image/jpeg")})
+    assert form.status_code == 200, form.text
+    assert form.json()["fake_probability"] == pytest.approx(result["fake_probability"], abs=1e-6)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_predict_batch_matches_single_predictions(client, files):
+    uploads = [("files", (path.name, path.read_bytes())) for path in files["images"].values()]
+    response = client.post("/single/predict/batch", files=uploads)
+    assert response.status_code == 200, response.text
+    results = response.json()
+    assert [r["filename"] for r in results] == [path.name for path in files["images"].values()]
+    for result, path in zip(results, files["images"].values(), strict=True):
+        check_prediction(result, THRESHOLD)
+        alone = client.post("/single/predict", content=path.read_bytes(), headers={"Content-Type": "image/png"})
+        # bf16 kernels may round a batch slightly differently from a single image.
+        assert result["fake_probability"] == pytest.approx(alone.json()["fake_probability"], abs=0.02)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_healthz_models_and_docs(base_url, client, files):
+    health = httpx.get(f"{base_url}/single/healthz", timeout=TIMEOUT)  # open without a token
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    models = client.get("/single/models").json()
+    assert models["threshold"] == pytest.approx(THRESHOLD)
+    assert models["members"][0]["name"] == "hybrid_tiny" and models["members"][0]["epoch"] == 2
+    assert models["limits"]["max_body_bytes"] == MAX_BODY
+    docs = httpx.get(f"{base_url}/single/docs", timeout=TIMEOUT)
+    assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
+    schema = client.get("/single/openapi.json").json()
+    assert {"/predict", "/predict/batch", "/healthz", "/models"} <= set(schema["paths"])
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_ensemble_probability_is_the_combiner_of_its_members(client, files):
+    response = client.post("/ensemble/predict", files={"file": ("x.png", files["images"][1].read_bytes())})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    check_prediction(result, 0.55)
+    assert list(result["detectors"]) == ["hybrid", "frequency"]
+    members = np.array([[result["detectors"]["hybrid"], result["detectors"]["frequency"]]])
+    assert result["fake_probability"] == weighted_combine(members, WEIGHTS)[0]
+    assert result["model"]["name"] == "tiny_ensemble" and result["model"]["checkpoint"] == "ensemble.pth"
+    models = client.get("/ensemble/models").json()
+    assert models["combiner"]["kind"] == "weighted"
+    assert models["combiner"]["weights"] == {"hybrid": 0.7, "frequency": 0.3}
+    assert [m["name"] for m in models["members"]] == ["hybrid", "frequency"]
+    assert models["members"][0]["threshold"] == pytest.approx(THRESHOLD)
+
+
+# ---- bad input and access ------------------------------------------------------------------------
+
+
+def _chunks(data: bytes):
+    for start in range(0, len(data), 65536):
+        yield data[start:start + 65536]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_bad_inputs_get_4xx_sentences_and_the_server_stays_healthy(base_url, client, files):
+    jpeg = files["images"][0].read_bytes()
+    big = encoded(Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)), "PNG")
+    assert len(big) > MAX_BODY
+    cases = [
+        ("empty body", {"content": b"", "headers": {"Content-Type": "image/jpeg"}}, {400}),
+        ("not an image", {"content": b"hello, world", "headers": {"Content-Type": "image/png"}}, {400, 415}),
+        ("a server path", {"content": str(files["images"][0]).encode(), "headers": {"Content-Type": "image/jpeg"}},
+         {400}),
+        ("truncated JPEG", {"content": jpeg[: len(jpeg) // 2], "headers": {"Content-Type": "image/jpeg"}}, {400}),
+        ("huge header", {"content": png_claiming(100_000, 100_000), "headers": {"Content-Type": "image/png"}},
+         {413, 400}),
+        ("over max_pixels", {"content": png_claiming(8_000, 8_000), "headers": {"Content-Type": "image/png"}},
+         {413, 400}),
+        ("wrong content type", {"content": jpeg, "headers": {"Content-Type": "text/plain"}}, {415}),
+        ("json body", {"json": {"path": "/etc/passwd"}}, {415}),
+        ("body over the limit", {"content": big, "headers": {"Content-Type": "image/png"}}, {413}),
+        ("over the limit, chunked", {"content": _chunks(big), "headers": {"Content-Type": "image/png"}}, {413}),
+        ("multipart without file", {"data": {"note": "hi"}, "files": {"other": ("a.jpg", jpeg)}}, {400}),
+        ("two files to /predict", {"files": [("file", ("a.jpg", jpeg)), ("file", ("b.jpg", jpeg))]}, {400}),
+    ]
+    for name, request, statuses in cases:
+        response = client.post("/single/predict", **request)
+        assert response.status_code in statuses, f"{name}: {response.status_code} {response.text}"
+        error = response.json()["error"]
+        assert isinstance(error, str) and error.endswith((".", ")")) and len(error) > 20, f"{name}: {error}"
+    too_many = [("files", (f"{i}.jpg", jpeg)) for i in range(5)]
+    assert client.post("/single/predict/batch", files=too_many).status_code == 413
+    assert client.post("/ensemble/predict", content=b"", headers={"Content-Type": "image/jpeg"}).status_code == 400
+    for app in ("single", "ensemble"):
+        assert httpx.get(f"{base_url}/{app}/healthz", timeout=TIMEOUT).status_code == 200
+    after = client.post("/single/predict", content=jpeg, headers={"Content-Type": "image/jpeg"})
+    assert after.status_code == 200
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_token_is_required_where_configured(base_url, files):
+    jpeg = files["images"][0].read_bytes()
+    with httpx.Client(base_url=base_url, timeout=TIMEOUT) as anonymous:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+            response = anonymous.post("/single/predict", content=jpeg, headers={"Content-Type": "image/jpeg", **headers})
+            assert response.status_code == 401 and "Bearer" in response.json()["error"]
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert anonymous.get("/single/models", headers=headers).status_code == 401
+            assert anonymous.post("/ensemble/predict/batch", headers=headers,
+                                  files={"files": ("a.jpg", jpeg)}).status_code == 401
+        assert anonymous.get("/single/healthz").status_code == 200
+
+
+# ---- config and builder (no Ray) -----------------------------------------------------------------
+
+
+def test_serve_config_is_a_multi_app_config_with_a_builder():
+    from ray.serve._private.utils import import_attr
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((REPO / "serve.config").read_text())
+    ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    assert app["route_prefix"] == "/" and app["args"]["model"] == "artifacts/best.pth"
+    assert import_attr(app["import_path"]) is build_app
+    build_dataclass(AppArgs, app["args"], "serve.config")  # every arg is one the builder knows
+    assert sum(d["ray_actor_options"]["num_cpus"] for d in app["deployments"]) <= 2
+
+
+def test_missing_model_stops_the_start_with_a_sentence(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model at .*reproduce_baseline.py"):
+        build_app({"model": str(tmp_path / "artifacts" / "best.pth")})
+    with pytest.raises(ConfigError, match="unknown key modle"):
+        build_app({"modle": "artifacts/best.pth"})
