@@ -240,11 +240,18 @@ class DeepfakeAPI:
                                 "per request; split the batch.")
         return await self._predict(uploads, started)
 
+    async def _ready_members(self) -> list[dict[str, Any]]:
+        """The members, after every detector has answered again: a replica that died since loading shows here."""
+        members = await self._load_members()
+        # Asked on every probe: the cached members would report a dead or restarting detector as ready.
+        await asyncio.gather(*(handle.info.remote() for handle in self.detectors.values()))
+        return members
+
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """200 once every detector has loaded its model, else 503 (open without a token)."""
+        """200 while every detector has its model loaded and answers, else 503 (open without a token)."""
         try:
-            members = await asyncio.wait_for(self._load_members(), timeout=HEALTH_TIMEOUT_S)
+            members = await asyncio.wait_for(self._ready_members(), timeout=HEALTH_TIMEOUT_S)
         except Exception as err:  # a timeout or a dead replica: either way, not ready
             return JSONResponse({"status": "loading", "error": f"the detectors are not ready yet ({err!r})."},
                                 status_code=503)
