@@ -1,0 +1,103 @@
+"""Search learning rate, epochs and backbone freezing with Ray Tune (ASHA on validation AUC).
+
+    python experiments/tune_sweep.py --config experiments/configs/sweep_smoke.yaml   # tiny, 1-2 min
+    python experiments/tune_sweep.py --config experiments/configs/sweep.yaml --data /path/to/data
+    python experiments/tune_sweep.py --config experiments/configs/sweep.yaml --name lr-scan   # resumes lr-scan if it exists
+    python experiments/tune_sweep.py --config experiments/configs/sweep.yaml --resume         # the latest sweep of this file
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python experiments/tune_sweep.py --config experiments/configs/sweep_smoke.yaml
+
+Each trial is a Ray Train run of the main job's training loop. Outputs go under the output home:
+--output-root, else $DEEPFAKE_HOME, else the current directory (under `ray job submit`, whose working
+directory is a temporary copy, ~/deepfake-platform). Ray's own state goes to --storage (default
+<home>/ray_results; on a cluster a shared path or s3://...). Results: runs/<sweep>/SWEEP.md with the
+table (sweep.csv, sweep.md) and val_auc_vs_lr.png; the best trial is tested and promoted to
+artifacts/best.pth. After a crash, rerun with --resume (or the same --name): finished trials stay done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deepfake_platform.cli import user_errors  # noqa: E402
+from deepfake_platform.training import ensure_ray  # noqa: E402
+from deepfake_platform.tuning import (  # noqa: E402
+    SweepOutcome,
+    SweepPlan,
+    anchor_outputs,
+    cluster_nodes,
+    experiment_config,
+    join_storage,
+    latest_sweep,
+    load_sweep_config,
+    make_plan,
+    output_home,
+    run_sweep,
+    sweep_data_root,
+    tune_state_exists,
+)
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def main(args: argparse.Namespace) -> SweepOutcome:
+    sweep = load_sweep_config(args.config, args.set)
+    home = output_home(args.output_root)
+    base = anchor_outputs(experiment_config(sweep, args.config), home, args.storage)
+    if args.num_workers:
+        base.scaling.num_workers = args.num_workers
+    if args.use_gpu:
+        base.scaling.use_gpu = True
+    storage = base.output.storage_path
+    name = args.name or (latest_sweep(storage, sweep.name) if args.resume else None)
+    if args.resume and name is None:
+        raise ValueError(f"there is no sweep {sweep.name} to resume under {storage}; drop --resume to start one.")
+    name = name or f"{sweep.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+    ensure_ray()
+    resume = tune_state_exists(join_storage(storage, name, "tune"))
+    if resume:
+        plan = SweepPlan.load(Path(base.output.runs_dir) / name / "sweep_plan.json")
+        print(f"Resuming sweep {name} from {plan.tune_path}: finished trials are kept.", flush=True)
+    elif args.resume:
+        raise ValueError(f"sweep {name} has no Tune state under {storage} to resume; drop --resume to start it.")
+    else:
+        data_root = sweep_data_root(args.data, base, home)
+        plan = make_plan(sweep, base, name=name, data_root=data_root, nodes=cluster_nodes())
+    print(f"Sweep {name}: {plan.tune['num_samples']} trials of {plan.config.model.name} on {plan.data_root}, "
+          f"{plan.trial_sizing.describe()}. Outputs under {home}.", flush=True)
+    outcome = run_sweep(plan, resume=resume, promote_best=base.output.promote and not args.no_promote)
+    print(f"Report: {outcome.report}")
+    if outcome.best_checkpoint is None:
+        sys.exit("error: no trial finished an epoch; the trial errors are in the log above.")
+    if outcome.promoted:
+        print(f"Best trial promoted to {outcome.promoted}")
+    return outcome
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(CONFIGS / "sweep.yaml"), help="sweep YAML file")
+    parser.add_argument("--name", help="sweep name (default: the file's name + time); an existing one resumes")
+    parser.add_argument("--resume", action="store_true", help="continue --name, or the latest sweep of this file")
+    parser.add_argument("--data", help="data root (default: the experiment's, else the embedded set under the home)")
+    parser.add_argument("--storage", help="Ray storage for Tune and Train state: a path, NFS or s3://... "
+                                          "(default: <home>/ray_results)")
+    parser.add_argument("--output-root", help="home of checkpoints/, runs/, artifacts/ (default: $DEEPFAKE_HOME, "
+                                              "else the current directory, else ~/deepfake-platform in a job)")
+    parser.add_argument("--num-workers", type=int, help="Ray Train workers per trial")
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (trials run one per GPU)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a sweep value, e.g. --set tune.num_samples=4 (repeatable)")
+    parser.add_argument("--no-promote", action="store_true", help="do not copy the best model to artifacts/")
+    return parser
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(get_args_parser().parse_args())

@@ -1,0 +1,317 @@
+"""Ray Tune sweeps: the sweep file, trial sizing, the results, and the smoke sweep end to end on a real
+Ray: killed and resumed without rerunning finished trials, and submitted with `ray job submit`."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from deepfake_platform.checkpoints import load_checkpoint
+from deepfake_platform.config import ConfigError
+from deepfake_platform.data import build_dataset
+from deepfake_platform.tuning import (
+    experiment_config,
+    load_sweep_config,
+    output_home,
+    plot_auc_vs_lr,
+    size_trials,
+    trial_row,
+    write_table,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "experiments" / "tune_sweep.py"
+SMOKE = REPO / "experiments" / "configs" / "sweep_smoke.yaml"
+FULL = REPO / "experiments" / "configs" / "sweep.yaml"
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """A tiny real/fake set (16 train, 9 val, 8 test at 64 px)."""
+    root = tmp_path_factory.mktemp("data") / "set"
+    build_dataset(root, counts={"train": 16, "val": 10, "test": 8}, size=64)
+    sorted((root / "val" / "fake").iterdir())[-1].unlink()
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep file, sizing, output locations, results (no Ray)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_shipped_sweep_files_load():
+    smoke = load_sweep_config(SMOKE)
+    assert experiment_config(smoke, SMOKE).model.name == "hybrid_tiny"
+    assert 2 <= smoke.tune.num_samples <= 3 and smoke.search.epochs == [2]
+    full = load_sweep_config(FULL)
+    assert experiment_config(full, FULL).model.name == "hybrid_resnet18_vit_b16"
+    assert {"none", "cnn", "vit", "backbones"} <= set(full.search.freeze)
+    assert any(mode.startswith("last") for mode in full.search.freeze)
+    assert (full.tune.metric, full.tune.mode) == ("val_auc", "max")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("tune:\n  grace: 1\n", "unknown key tune.grace"),
+        ("search:\n  freeze: [none, last0]\n", "search.freeze"),
+        ("search:\n  epochs: 3\n", "search.epochs"),
+        ("tune:\n  metric: val_loss\n  mode: min\n", "tune.metric"),
+        ("experiment: missing.yaml\n", "missing.yaml"),
+    ],
+)
+def test_sweep_file_errors_name_the_key_and_the_file(tmp_path, edit, message):
+    path = tmp_path / "bad_sweep.yaml"
+    path.write_text("name: bad\nexperiment: {model: {name: hybrid_tiny}}\n" + edit)
+    with pytest.raises(ConfigError, match=message) as error:
+        experiment_config(load_sweep_config(path), path)
+    assert str(path) in str(error.value)
+
+
+def test_trials_are_sized_to_the_nodes():
+    one_node = [{"CPU": 2.0, "memory": 8e9}]
+    # 1 CPU per worker: two trials at once on a 2-CPU node.
+    sizing = size_trials(one_node, num_workers=1, cpus_per_worker=1, use_gpu=False, max_concurrent_trials=0,
+                         num_samples=3)
+    assert (sizing.cpus_per_worker, sizing.max_concurrent_trials) == (1, 2)
+    # Auto: a trial takes a whole node; two 1-CPU workers fill the node, so one trial at a time.
+    assert size_trials(one_node, num_workers=1, cpus_per_worker=0, use_gpu=False, max_concurrent_trials=0,
+                       num_samples=3).max_concurrent_trials == 1
+    assert size_trials(one_node, num_workers=2, cpus_per_worker=1, use_gpu=False, max_concurrent_trials=5,
+                       num_samples=3).max_concurrent_trials == 1
+    # A cluster: one trial per 8-CPU node (a 0-CPU head runs drivers only), never more than the samples.
+    cluster = [{"CPU": 0.0}, {"CPU": 8.0}, {"CPU": 8.0}, {"CPU": 8.0}]
+    sizing = size_trials(cluster, num_workers=1, cpus_per_worker=0, use_gpu=False, max_concurrent_trials=0,
+                         num_samples=12)
+    assert (sizing.cpus_per_worker, sizing.max_concurrent_trials) == (8, 3)
+    assert size_trials(cluster, num_workers=1, cpus_per_worker=0, use_gpu=False, max_concurrent_trials=0,
+                       num_samples=2).max_concurrent_trials == 2
+    gpus = [{"CPU": 4.0}, {"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
+    assert size_trials(gpus, num_workers=1, cpus_per_worker=0, use_gpu=True, max_concurrent_trials=0,
+                       num_samples=8).max_concurrent_trials == 2
+    # Requests no node can hold are refused with what to change, instead of waiting forever.
+    with pytest.raises(ValueError, match="at most 2"):
+        size_trials(one_node, num_workers=1, cpus_per_worker=4, use_gpu=False, max_concurrent_trials=0,
+                    num_samples=1)
+    with pytest.raises(ValueError, match="Lower scaling.num_workers"):
+        size_trials(one_node, num_workers=3, cpus_per_worker=1, use_gpu=False, max_concurrent_trials=0,
+                    num_samples=1)
+    with pytest.raises(ValueError, match="no CPUs"):
+        size_trials([{"CPU": 0.0}], num_workers=1, cpus_per_worker=0, use_gpu=False, max_concurrent_trials=0,
+                    num_samples=1)
+
+
+def test_output_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("DEEPFAKE_HOME", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert output_home() == tmp_path.resolve()
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # a `ray job submit` entrypoint
+    assert output_home() == (tmp_path / "user" / "deepfake-platform").resolve()
+    monkeypatch.setenv("DEEPFAKE_HOME", str(tmp_path / "shared"))
+    assert output_home() == (tmp_path / "shared").resolve()
+    assert output_home(str(tmp_path / "flag")) == (tmp_path / "flag").resolve()
+
+
+def test_table_and_plot(tmp_path):
+    def epochs(*aucs):
+        return [{"epoch": i, "val_auc": auc, "time_total_s": 10.0 * (i + 1)} for i, auc in enumerate(aucs)]
+
+    rows = [
+        trial_row("a", {"lr": 1e-4, "epochs": 3, "freeze": "none"}, epochs(0.6, 0.9, 0.8), error=False),
+        trial_row("b", {"lr": 1e-3, "epochs": 3, "freeze": "backbones"}, epochs(0.5, 0.55), error=False),
+        trial_row("c", {"lr": 3e-4, "epochs": 3, "freeze": "none"}, [], error=True),
+    ]
+    assert (rows[0]["best_val_auc"], rows[0]["best_epoch"], rows[0]["status"], rows[0]["time_s"]) == (0.9, 1, "finished", 30.0)
+    assert rows[1]["status"] == "stopped early (ASHA)" and rows[1]["epochs_run"] == 2
+    assert rows[2]["status"] == "error" and rows[2]["best_epoch"] is None
+    csv_path, md_path = write_table(rows, tmp_path)
+    with csv_path.open() as handle:
+        assert [row["trial"] for row in csv.DictReader(handle)] == ["a", "b", "c"]
+    assert "| a | 1.00e-04 | 3 | none | 0.9000 | 1 | 3 | finished | 30.0 |" in md_path.read_text()
+    png = plot_auc_vs_lr(rows, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_mistakes_are_one_sentence(tmp_path):
+    for args, message in [
+        (["--config", str(tmp_path / "missing.yaml")], "does not exist"),
+        (["--config", str(SMOKE), "--set", "tune.grace=2"], "unknown key tune.grace"),
+        (["--config", str(SMOKE), "--resume"], "no sweep sweep_smoke to resume"),
+    ]:
+        result = subprocess.run([sys.executable, str(SCRIPT), *args, "--output-root", str(tmp_path)],
+                                env=sweep_env(), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The smoke sweep on a real Ray
+# ---------------------------------------------------------------------------------------------
+
+
+def sweep_command(out: Path, data_root: Path, name: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), "--config", str(SMOKE), "--output-root", str(out),
+            "--data", str(data_root), "--name", name]
+
+
+def sweep_env() -> dict[str, str]:
+    """A fresh local Ray of the sweep's own (never another test's cluster on this machine)."""
+    return {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+
+
+def trial_statuses(tune_dir: Path) -> dict[str, str]:
+    """Trial id -> status as Tune last saved its experiment state (what a resume starts from)."""
+    states = glob.glob(str(tune_dir / "experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        trials = json.loads(Path(states[0]).read_text())["trial_data"]
+    except (ValueError, OSError):  # caught mid-write
+        return {}
+    return {state["trial_id"]: state["status"] for state in (json.loads(trial[0]) for trial in trials)}
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+def check_sweep_outputs(out: Path, name: str, trials: int) -> list[dict[str, str]]:
+    """The table, the plot, the report, each trial's checkpoints, the promoted best; returns the table."""
+    run_dir = out / "runs" / name
+    with (run_dir / "sweep.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == trials and {row["status"] for row in table} <= {"finished", "stopped early (ASHA)"}
+    assert {row["freeze"] for row in table} <= {"none", "backbones", "last1"}
+    for row in table:
+        assert (out / "checkpoints" / name / row["trial"] / "best.pth").is_file()
+    assert (run_dir / "sweep.md").read_text().count("\n") == trials + 2
+    assert (run_dir / "val_auc_vs_lr.png").read_bytes()[:4] == b"\x89PNG"
+    report = (run_dir / "SWEEP.md").read_text()
+    for section in ("## Trials", "## Validation AUC against learning rate", "## Best trial"):
+        assert section in report
+    best = table[0]
+    assert (run_dir / best["trial"] / "RESULTS.md").is_file()
+    promoted = load_checkpoint(out / "artifacts" / "best.pth")
+    assert "optimizer_state_dict" not in promoted
+    assert promoted["config"]["name"] == f"{name}/{best['trial']}"
+    assert promoted["val_auc"] == pytest.approx(float(best["best_val_auc"]))
+    assert json.loads((out / "artifacts" / "best.json").read_text())["run"] == f"{name}/{best['trial']}"
+    return table
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.fault
+@pytest.mark.timeout(420)
+def test_sweep_killed_then_resumed_keeps_finished_trials(tmp_path, data_root):
+    out, name = tmp_path / "out", "resumable"
+    command = sweep_command(out, data_root, name)
+    with (tmp_path / "first.log").open("w") as log:
+        driver = subprocess.Popen(command, env=sweep_env(), stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while True:
+                statuses = trial_statuses(out / "ray_results" / name / "tune")
+                finished = [trial for trial, status in statuses.items() if status == "TERMINATED"]
+                if finished and len(finished) < 3:
+                    break
+                assert driver.poll() is None, "the sweep ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no trial finished in time"
+                time.sleep(0.5)
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+            driver.wait()
+    kept = {trial: mtimes(out / "checkpoints" / name / trial) for trial in finished}
+    kept_runs = {trial: mtimes(out / "ray_results" / name / "train" / trial) for trial in finished}
+
+    resumed = subprocess.run([*command, "--resume"], env=sweep_env(), capture_output=True, text=True,
+                             timeout=300, start_new_session=True)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"Resuming sweep {name}" in resumed.stdout
+    for trial in finished:
+        # Neither the epoch files nor the Ray Train run of a finished trial were written again.
+        assert mtimes(out / "checkpoints" / name / trial) == kept[trial]
+        assert mtimes(out / "ray_results" / name / "train" / trial) == kept_runs[trial]
+    table = check_sweep_outputs(out, name, trials=3)
+    assert set(finished) <= {row["trial"] for row in table}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """`ray start --head` on ports and a temp dir of its own; yields the dashboard (job API) address."""
+    gcs, dashboard, client, agent = (free_port() for _ in range(4))
+    url = f"http://127.0.0.1:{dashboard}"
+    temp_dir = Path(f"/tmp/rh{os.getpid()}")  # short: Ray's unix socket paths have a length limit
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
+           # Ray Train's placement-group cleaner must ask this cluster, not another one on this machine.
+           "RAY_API_SERVER_ADDRESS": url,
+           # No Serve here to drain: stop at once on SIGTERM instead of waiting 30 s.
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [f"{VENV_BIN}/ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
+         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}", "--num-cpus=2",
+         "--include-dashboard=true", f"--temp-dir={temp_dir}"],
+        env=env, stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/version", timeout=2)
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "head.log").read_text()
+                time.sleep(1)
+        yield url, env
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block: ray stops the processes it started, only those
+        try:
+            head.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_ray_job_submit_runs_the_smoke_sweep(tmp_path, data_root, ray_head):
+    url, env = ray_head
+    out, name = tmp_path / "out", "job"
+    # `python` is the venv's (PATH above), as for a user with the venv activated.
+    submitted = subprocess.run(
+        [f"{VENV_BIN}/ray", "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
+         "python", "experiments/tune_sweep.py", "--config", "experiments/configs/sweep_smoke.yaml",
+         "--output-root", str(out), "--data", str(data_root), "--name", name],
+        env=env, capture_output=True, text=True, timeout=360,
+    )
+    assert submitted.returncode == 0 and "succeeded" in submitted.stdout + submitted.stderr, (
+        submitted.stdout[-4000:] + submitted.stderr[-2000:]
+    )
+    check_sweep_outputs(out, name, trials=3)
+    # Nothing was written into the uploaded working dir (a temporary copy that Ray deletes).
+    assert not (REPO / "runs" / name).exists()
