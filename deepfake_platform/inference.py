@@ -52,7 +52,7 @@ class ModelInfo:
 class Predictor:
     """A detector loaded from a checkpoint, ready to score images in batches."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", precision: str = "auto"):
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", precision: str = "auto", *, compile: bool = False):
         from deepfake_platform.data import build_transform
 
         payload = load_checkpoint(checkpoint)
@@ -61,7 +61,8 @@ class Predictor:
         model = build_model_from_checkpoint(payload).eval().to(self.device)
         if self.device.type == "cpu" or self.precision == "bf16":
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        # compile: fused kernels for a long-running server (each new batch size compiles once, on first use).
+        self.model = torch.compile(model) if compile else model
         image_size = int(payload["config"].get("data", {}).get("image_size") or model.default_image_size)
         self.transform = build_transform("eval", image_size)
         self.info = ModelInfo(

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -98,7 +99,17 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
-def make_loaders(config: ExperimentConfig, data_root: Path, image_size: int, rank: int, world_size: int):
+def loader_workers(config: ExperimentConfig, cpus: float) -> int:
+    """DataLoader worker processes: data.loader_workers, or on a GPU when that is 0, the CPUs less one (up to 8)."""
+    if config.data.loader_workers or not config.scaling.use_gpu:
+        return config.data.loader_workers
+    # A GPU step outruns one process decoding JPEGs: keep one CPU for the training process, decode on the rest.
+    return int(min(8, max(1, cpus - 1)))
+
+
+def make_loaders(
+    config: ExperimentConfig, data_root: Path, image_size: int, rank: int, world_size: int, *, cpus: float = 1.0
+):
     """Train and validation loaders for this rank (distributed sampler for train, exact shards for val)."""
     from deepfake_platform.data import ImageDataset, build_transform, load_split
 
@@ -109,17 +120,47 @@ def make_loaders(config: ExperimentConfig, data_root: Path, image_size: int, ran
     train_sampler = DistributedSampler(
         train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=config.train.seed
     )
-    workers = config.data.loader_workers
+    workers = loader_workers(config, cpus)
     common = {
         "batch_size": config.train.batch_size,
         "num_workers": workers,
         # Ray workers are threaded processes: fork would copy their locks (RAY_NOTES.md).
         "multiprocessing_context": "forkserver" if workers > 0 else None,
         "persistent_workers": workers > 0,
+        # Page-locked batches copy to the GPU asynchronously (the `non_blocking=True` in the loops).
+        "pin_memory": config.scaling.use_gpu,
     }
-    train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=False, **common)
+    # A compiled model recompiles for a short last batch: drop it (a different few images each epoch).
+    train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=config.train.compile, **common)
     val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), rank, world_size), **common)
     return train_loader, val_loader, train_sampler
+
+
+def build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
+    """Adam over the trainable parameters; the fused kernel (one pass over the weights per step) on CPU and CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=config.train.lr, weight_decay=config.train.weight_decay, fused=fused or None)
+
+
+def prepare_detector(config: ExperimentConfig, device: torch.device) -> nn.Module:
+    """The configured detector on `device`, channels_last when configured, attention tuned for the device."""
+    model = build_detector(config).to(device)
+    if config.train.channels_last:
+        # oneDNN and cuDNN convolutions run fastest on NHWC tensors.
+        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        # On CPU the flash-attention backward kernel costs ~10% of a ViT-B/16 training step at 197 tokens;
+        # timm's plain q @ k -> softmax -> @ v path (bf16 GEMMs) does the same work in a third of the time.
+        for module in model.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = False
+    return model
+
+
+def compile_if_configured(model: nn.Module, config: ExperimentConfig) -> nn.Module:
+    """`torch.compile(model)` when train.compile is set (parameters shared with `model`), else `model`."""
+    return torch.compile(model) if config.train.compile else model
 
 
 def _progress(iterable: Iterable, total: int, description: str, enabled: bool):
@@ -253,8 +294,12 @@ def _set_threads(cpus: float) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def _latest_state(resume_from: str | None) -> dict[str, Any] | None:
-    """The newer of Ray's restored checkpoint (after a failure or a rerun) and an explicit --resume file."""
+def _latest_state(resume_from: str | None, checkpoints_dir: Path, detector: str) -> dict[str, Any] | None:
+    """The newest of: Ray's restored checkpoint, an explicit --resume file, and the run's own latest epoch file.
+
+    Without --resume, the run's folder counts too because a worker killed between writing its epoch file and reporting it to
+    Ray leaves Ray one epoch behind; and it makes rerunning a killed run under the same name continue it.
+    """
     import ray.train  # ray:
 
     candidates = []
@@ -264,6 +309,17 @@ def _latest_state(resume_from: str | None) -> dict[str, Any] | None:
             candidates.append(load_checkpoint(Path(directory) / RAY_CHECKPOINT_FILE))
     if resume_from:
         candidates.append(load_checkpoint(resume_from))
+    else:
+        # An explicit --resume file wins over later epochs left in the folder (as in the reference's train.py).
+        own = sorted(checkpoints_dir.glob("epoch_*_auc_*.pth"))
+        if own:
+            candidates.append(load_checkpoint(own[-1]))
+    for payload in candidates:
+        if payload["detector"]["name"] != detector:
+            raise CheckpointError(
+                f"the checkpoint to continue from holds a {payload['detector']['name']} detector, not {detector}; "
+                f"choose a new --name (the run folder {checkpoints_dir} belongs to another experiment)."
+            )
     return max(candidates, key=lambda payload: payload["epoch"]) if candidates else None
 
 
@@ -287,17 +343,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     device = ray.train.torch.get_device() if config.scaling.use_gpu else torch.device("cpu")  # ray:
     precision = resolve_precision(config.train.precision, device)
-    model = build_detector(config)
+    # On the device before the optimizer exists, so a resumed optimizer state lands next to its parameters.
+    model = prepare_detector(config, device)
     image_size = image_size_for(config, model)
-    if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=config.train.lr,
-        weight_decay=config.train.weight_decay,
-    )
+    optimizer = build_optimizer(model, config)
     history: list[dict[str, float]] = []
     start_epoch = 0
-    state = _latest_state(loop_config.get("resume_from"))
+    state = _latest_state(loop_config.get("resume_from"), paths.checkpoints, config.model.name)
     if state is not None:
         model.load_state_dict(state["model_state_dict"])
         optimizer.load_state_dict(state["optimizer_state_dict"])
@@ -305,10 +357,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start_epoch = int(state["epoch"]) + 1
         if rank == 0:
             print(f"Resuming after epoch {state['epoch']} (val AUC {state['val_auc']:.4f}).", flush=True)
-    model = model.to(device)
     train_model = ray.train.torch.prepare_model(model, move_to_device=False)  # ray: DDP when world > 1
+    train_model = compile_if_configured(train_model, config)
     train_loader, val_loader, train_sampler = make_loaders(
-        config, Path(loop_config["data_root"]), image_size, rank, world_size
+        config, Path(loop_config["data_root"]), image_size, rank, world_size, cpus=loop_config["cpus_per_worker"]
     )
 
     writer = None
@@ -353,6 +405,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             writer.flush()
             payload = checkpoint_payload(model, optimizer, config, epoch, metrics, history)
             epoch_file = save_checkpoint(payload, paths.checkpoints / checkpoint_filename(epoch, metrics["val_auc"]))
+            # An attempt killed after writing this epoch's file leaves one with another AUC: one file per epoch.
+            for stale in paths.checkpoints.glob(f"epoch_{epoch:03d}_auc_*.pth"):
+                if stale != epoch_file:
+                    stale.unlink(missing_ok=True)
             if _auc_key(metrics["val_auc"]) > best_auc:
                 best_auc = _auc_key(metrics["val_auc"])
                 save_checkpoint(payload, paths.checkpoints / "best.pth")
@@ -387,9 +443,27 @@ def ensure_ray() -> None:
         # A `ray job submit` driver: the job's working dir already carries the code to every node.
         ray.init()  # ray:
         return
+    from ray._private.services import get_ray_address_from_environment  # ray:
+
     # Ship the project's packages to the workers, so a clone runs on a cluster without installing there.
     packages = [str(REPO_ROOT / name) for name in ("deepfake_platform", "models")]
-    ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"py_modules": packages})  # ray:
+    runtime_env: dict[str, Any] = {"py_modules": packages}
+    options: dict[str, Any] = {}
+    address = os.environ.get("RAY_ADDRESS")
+    if get_ray_address_from_environment(address, None) in (None, "local"):  # ray: a new local Ray
+        # Ray Train's placement-group cleaner asks the State API for "the" Ray on this machine; with several
+        # running it gives up, and a stopped run's placement group (an ASHA-stopped trial's) leaks and
+        # blocks the next run forever. Point it at this Ray's own dashboard.
+        port = _free_port()
+        runtime_env["env_vars"] = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+        options = {"include_dashboard": True, "dashboard_port": port}
+    ray.init(address=address, runtime_env=runtime_env, **options)  # ray:
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def cpus_per_worker(config: ExperimentConfig) -> float:
@@ -460,9 +534,11 @@ def run_training(config: ExperimentConfig, data_root: Path, resume_from: str | N
     ensure_ray()
     paths = RunPaths.for_config(config)
     start = time.perf_counter()
-    result = build_trainer(config, data_root, resume_from=resume_from).fit()
-    if result.error is not None:
-        raise RuntimeError(f"training failed after {config.scaling.max_failures} restarts: {result.error}") from result.error
+    # Ray resumes a run name it has seen from that run's latest checkpoint; a --resume file must win over
+    # that, so continuing from a chosen file is a Ray run of its own.
+    run_name = f"{config.name}-from-{Path(resume_from).stem}-{int(time.time())}" if resume_from else config.name
+    # fit() raises once the worker group has failed more than scaling.max_failures times.
+    build_trainer(config, data_root, resume_from=resume_from, run_name=run_name).fit()
     best = paths.checkpoints / "best.pth"
     if not best.is_file():
         raise CheckpointError(f"the run finished without writing {best}; see the log above for the cause.")
@@ -489,8 +565,11 @@ def default_data_root(data: str | None, config: ExperimentConfig) -> Path:
 __all__ = [
     "RunPaths",
     "TrainingOutcome",
+    "build_optimizer",
     "build_trainer",
+    "compile_if_configured",
     "default_data_root",
+    "prepare_detector",
     "run_training",
     "train_loop_per_worker",
     "train_one_epoch",

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deepfake_platform.cli import load_experiment_config, user_errors  # noqa: E402
 from deepfake_platform.pipeline import finalize_run  # noqa: E402
-from deepfake_platform.training import default_data_root, run_training  # noqa: E402
+from deepfake_platform.training import run_training  # noqa: E402
+from deepfake_platform.tuning import anchor_outputs, output_home, sweep_data_root  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -31,7 +32,11 @@ def main(args: argparse.Namespace) -> Path:
     config = load_experiment_config(args, default=CONFIGS / ("smoke.yaml" if args.smoke else "baseline.yaml"))
     if args.name is None and not args.resume:
         config.name = f"{config.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    data_root = default_data_root(args.data, config)
+    # Outputs under the current directory, or $DEEPFAKE_HOME / ~/deepfake-platform under `ray job submit`
+    # (whose working directory is a temporary copy that vanishes with the job).
+    home = output_home()
+    config = anchor_outputs(config, home, None)
+    data_root = sweep_data_root(args.data, config, home)
     print(f"Run {config.name}: {config.model.name} on {data_root}, {config.train.epochs} epochs, "
           f"{config.scaling.num_workers} worker(s).", flush=True)
     outcome = run_training(config, data_root, resume_from=args.resume)
