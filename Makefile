@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test run smoke serve ensemble lint clean
+.PHONY: setup test run smoke sweep-smoke serve ensemble lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ run: $(STAMP)
 
 smoke: $(STAMP)
 	$(PY) experiments/reproduce_baseline.py --smoke --name smoke
+
+sweep-smoke: $(STAMP)
+	$(PY) experiments/tune_sweep.py --config experiments/configs/sweep_smoke.yaml
 
 serve: $(STAMP)
 	$(VENV)/bin/serve run serve.config
