@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -294,12 +293,12 @@ def test_make_dataset_script_fills_every_folder(tmp_path):
 
 def test_ensure_embedded_dataset_builds_once(tmp_path, monkeypatch):
     builds = []
-    small = functools.partial(build_dataset, counts=SMALL_COUNTS, size=32)
-    monkeypatch.setattr(synth, "build_dataset", lambda out: builds.append(out) or small(out))
+    monkeypatch.setattr(synth, "build_dataset", lambda out, **kw: builds.append(kw) or build_dataset(out, **kw))
     target = tmp_path / "data" / "embedded"
-    assert ensure_embedded_dataset(target) == target.resolve()
-    assert ensure_embedded_dataset(target) == target.resolve()
-    assert len(builds) == 1
+    assert ensure_embedded_dataset(target, counts=SMALL_COUNTS, size=32) == target.resolve()
+    assert ensure_embedded_dataset(target, counts=SMALL_COUNTS, size=32) == target.resolve()
+    assert builds == [{"counts": SMALL_COUNTS, "size": 32}]
+    assert len(list((target / "train" / "fake").iterdir())) == SMALL_COUNTS["train"] // 2
     assert scan_dataset(target).usable
     assert not [p for p in target.parent.iterdir() if p.name != "embedded"]  # no staging folder left
     foreign = tmp_path / "foreign"
