@@ -1,0 +1,208 @@
+"""Tests for the benchmark: its measuring functions on the tiny hybrid, and the pure figures-to-table code.
+
+No assertion here is about speed: a test machine's speed says nothing about the code. The tests check
+that every figure is produced, finite and in range, and that ratios, tables and documents are right.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepfake_platform import benchmarking as bench
+from deepfake_platform.config import ExperimentConfig
+from deepfake_platform.data import build_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", REPO / "experiments" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def finite_positive(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_run_without_ray_writes_every_json_key(tmp_path, capsys):
+    script = load_script()
+    out = tmp_path / "bench.json"
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("intro\n<!-- benchmark:cpu:start -->\nold\n<!-- benchmark:cpu:end -->\nafter\n")
+    status = script.main(["--quick", "--no-ray", "--model", "hybrid_tiny", "--json", str(out), "--doc", str(doc),
+                          "--workdir", str(tmp_path)])
+    assert status == 0, capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    assert set(bench.CPU_JSON_KEYS) <= set(figures)
+    for key in ("train_speedup_vs_naive_fp32", "infer_speedup_vs_naive_fp32", "train_naive_fp32_images_per_s",
+                "train_platform_images_per_s", "infer_naive_fp32_images_per_s", "infer_predictor_bf16_images_per_s"):
+        assert finite_positive(figures[key]), (key, figures[key])
+    assert 0.0 <= figures["data_wait_fraction"] <= 1.0
+    # Skipped phases are null (valid JSON), never a made-up number.
+    for key in ("ray_train_vs_plain_step", "serve_vs_bare_batched", "serve_p50_ms", "train_ray_images_per_s"):
+        assert figures[key] is None
+    assert figures["errors"] == {}
+    assert figures["machine"]["torch"] == torch.__version__
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("after\n") and "old" not in text
+    assert "| train: platform step without Ray" in text
+    assert not list(tmp_path.glob("deepfake-benchmark-*")), "the temporary work folder was left behind"
+
+
+@pytest.mark.timeout(300)
+def test_precision_parity_trains_both_precisions(tmp_path):
+    script = load_script()
+    root = tmp_path / "data"
+    build_dataset(root, counts={"train": 16, "val": 8, "test": 2}, size=32)
+    config = script.benchmark_config(tmp_path, root, "hybrid_tiny", 8, lr=1e-3, epochs=1)
+    runs = bench.precision_parity(config, root, seeds=[0, 1])
+    assert {name: {figure: len(values) for figure, values in run.items()} for name, run in runs.items()} == {
+        "fp32": {"val_auc": 2, "train_loss": 2}, "bf16": {"val_auc": 2, "train_loss": 2}}
+    assert all(0.0 <= auc <= 1.0 for run in runs.values() for auc in run["val_auc"])
+    assert all(finite_positive(loss) for run in runs.values() for loss in run["train_loss"])
+    summary = bench.parity_summary(runs)
+    assert summary["bf16_minus_fp32_val_auc"] == pytest.approx(
+        sum(runs["bf16"]["val_auc"]) / 2 - sum(runs["fp32"]["val_auc"]) / 2)
+    assert summary["bf16_auc_within_noise"] in (0.0, 1.0)
+    table = bench.render_cpu_table({**bench.summarize_cpu({"parity": summary})}, bench.machine_info(torch.device("cpu")), {})
+    assert "| bf16 - fp32, paired by seed |" in table
+
+
+def test_platform_runner_reports_data_wait_and_throughput():
+    config = bench.with_changes(ExperimentConfig(), model={"name": "hybrid_tiny", "pretrained": "off"})
+    loader = bench.synthetic_batches(3, 4, 64, torch.device("cpu"))
+    figures = bench.platform_train_runner(config, loader, torch.device("cpu"))(3)
+    assert figures["train_images"] == 12
+    assert finite_positive(figures["images_per_s"])
+    assert 0.0 <= figures["data_wait_fraction"] <= 1.0
+
+
+def test_interleaved_alternates_runners_and_takes_medians():
+    calls = []
+
+    def runner(name, rates):
+        rates = iter(rates)
+        return lambda steps: calls.append((name, steps)) or {"images_per_s": next(rates)}
+
+    result = bench.interleaved({"a": runner("a", [99.0, 1.0, 3.0, 2.0]), "b": runner("b", [99.0, 5.0, 4.0, 6.0])},
+                               warmup=1, steps=2, rounds=3)
+    assert calls == [("a", 1), ("b", 1)] + [("a", 2), ("b", 2)] * 3
+    assert result["a"]["images_per_s"] == 2.0 and result["b"]["images_per_s"] == 5.0
+    assert result["a"]["rounds_images_per_s"] == [1.0, 3.0, 2.0]
+
+
+def test_summarize_cpu_ratios_and_missing_phases():
+    raw = {
+        "train_naive_fp32": {"images_per_s": 2.0},
+        "train_platform": {"images_per_s": 5.5, "data_wait_fraction": 0.03},
+        "train_ray": {"images_per_s": 5.5 * 0.97, "data_wait_fraction": 0.04},
+        "infer_naive_fp32": {"images_per_s": 6.0},
+        "infer_predictor": {"images_per_s": 24.0},
+        "serve_load": {"images_per_s": 18.0, "p50_ms": 800.0},
+        "serve_single": None,  # a failed phase
+        "matmul_peak": {"fp32": 200e9, "bf16": 400e9},
+    }
+    summary = bench.summarize_cpu(raw, train_flop_per_image=100e9, infer_flop_per_image=10e9)
+    assert summary["train_speedup_vs_naive_fp32"] == pytest.approx(2.75)
+    assert summary["ray_train_vs_plain_step"] == pytest.approx(0.97)
+    assert summary["infer_speedup_vs_naive_fp32"] == pytest.approx(4.0)
+    assert summary["serve_vs_bare_batched"] == pytest.approx(0.75)
+    assert math.isnan(summary["serve_p50_ms"])
+    assert summary["train_naive_fp32_share_of_fp32_peak"] == pytest.approx(1.0)
+    assert summary["train_platform_share_of_bf16_peak"] == pytest.approx(5.5 * 100e9 / 400e9)
+    assert summary["infer_predictor_share_of_bf16_peak"] == pytest.approx(24 * 10e9 / 400e9)
+    assert math.isnan(bench.summarize_cpu(raw)["train_platform_share_of_bf16_peak"])
+    assert [bench.target_met(key, summary[key]) for key in bench.CPU_TARGETS] == ["yes"] * 5
+    assert bench.target_met("data_wait_fraction", 0.2) == "no"
+    assert bench.target_met("serve_p50_ms", 10.0) == ""
+    table = bench.render_cpu_table(summary, bench.machine_info(torch.device("cpu")), {"mode": "test"})
+    assert "| 2.75 x naive fp32 | >= 2.5 | yes |" in table
+    assert "p50 n/a ms" in table
+    assert "the platform step runs at 138 % of the bf16 matmul rate" in table
+
+
+def test_summarize_gpu_mfu():
+    summary = bench.summarize_gpu({"train_eager": {"images_per_s": 2128.0}, "infer_compiled": None}, 989e12)
+    assert summary["train_eager_mfu"] == pytest.approx(2128 * 116.5e9 / 989e12)
+    assert math.isnan(summary["infer_compiled_mfu"]) and math.isnan(summary["train_compiled_images_per_s"])
+    assert "| train: platform step, bf16, eager | 2128 | 25.1 % |" in bench.render_gpu_table(
+        summary, bench.machine_info(torch.device("cpu")), {"batch": 256})
+
+
+def test_update_doc_replaces_only_its_block():
+    text = "a\n<!-- benchmark:cpu:start -->\nx\n<!-- benchmark:cpu:end -->\nb\n<!-- benchmark:gpu:start -->\ny\n" \
+           "<!-- benchmark:gpu:end -->\n"
+    updated = bench.update_doc(text, "| new |\n", "cpu")
+    assert updated == text.replace("\nx\n", "\n| new |\n")
+    assert bench.update_doc(updated, "x", "cpu") == text
+    with pytest.raises(ValueError, match="markers"):
+        bench.update_doc("no markers", "x", "cpu")
+
+
+def test_percentile_and_time_limit():
+    assert bench.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert math.isnan(bench.percentile([], 50))
+    with pytest.raises(bench.BenchmarkTimeout, match="the phase"), bench.time_limit(0.05, "the phase"):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    with bench.time_limit(30, "a short block"):
+        pass
+
+
+class _Answer(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b'{"fake_probability": 0.5}'
+        self.send_response(200 if self.path == "/predict" else 500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_clients_count_every_request(http_server):
+    latencies = bench.single_request_latencies(f"{http_server}/predict", b"jpeg", 3, timeout_s=30)
+    assert len(latencies) == 3 and all(finite_positive(value) for value in latencies)
+    load = bench.concurrent_load(f"{http_server}/predict", b"jpeg", requests=10, concurrency=4, timeout_s=30)
+    assert load["requests"] == 10 and load["concurrency"] == 4
+    assert finite_positive(load["images_per_s"]) and load["p90_ms"] >= load["p50_ms"] > 0
+    with pytest.raises(RuntimeError, match="answered 500"):
+        bench.concurrent_load(f"{http_server}/broken", b"jpeg", requests=2, concurrency=2, timeout_s=30)
+
+
+def test_parity_summary_judges_the_paired_difference():
+    fp32 = {"val_auc": [0.90, 0.80, 0.85], "train_loss": [0.3, 0.4, 0.35]}
+    close = {"val_auc": [0.91, 0.79, 0.86], "train_loss": [0.31, 0.39, 0.35]}
+    worse = {"val_auc": [0.60, 0.52, 0.55], "train_loss": [0.6, 0.65, 0.62]}
+    summary = bench.parity_summary({"fp32": fp32, "bf16": close})
+    assert summary["bf16_auc_within_noise"] == 1.0
+    assert summary["fp32_val_auc_mean"] == pytest.approx(0.85) and summary["bf16_train_loss_mean"] == pytest.approx(0.35)
+    assert bench.parity_summary({"fp32": fp32, "bf16": worse})["bf16_auc_within_noise"] == 0.0
