@@ -40,6 +40,20 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def link_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Make `target` the same file as `source` (a hard link), atomically: no second 1 GB write."""
+    source, target = Path(source), Path(target)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.link")
+    staging.unlink(missing_ok=True)
+    try:
+        os.link(source, staging)
+    except OSError:
+        # File systems without hard links (some network mounts): copy through the atomic writer.
+        return save_checkpoint(torch.load(source, map_location="cpu", weights_only=True), target)
+    os.replace(staging, target)
+    return target
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely; a pickle payload, a missing file or missing keys raise CheckpointError."""
     path = Path(path)

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from deepfake_platform.checkpoints import (
     CheckpointError,
     checkpoint_filename,
+    link_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
@@ -411,7 +412,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     stale.unlink(missing_ok=True)
             if _auc_key(metrics["val_auc"]) > best_auc:
                 best_auc = _auc_key(metrics["val_auc"])
-                save_checkpoint(payload, paths.checkpoints / "best.pth")
+                link_checkpoint(epoch_file, paths.checkpoints / "best.pth")
             print(
                 f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
                 f"val AUC {metrics['val_auc']:.4f}, {metrics['images_per_s']:.2f} img/s -> {epoch_file.name}",

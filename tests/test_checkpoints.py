@@ -92,3 +92,16 @@ def test_missing_truncated_and_foreign_files_are_sentences(tmp_path):
 
 def test_filename_format():
     assert checkpoint_filename(3, 0.99321) == "epoch_003_auc_0.9932.pth"
+
+
+def test_link_checkpoint_makes_best_the_same_file_without_rewriting(tmp_path):
+    from deepfake_platform.checkpoints import link_checkpoint
+
+    epoch_file = save_checkpoint(tiny_payload(epoch=3, val_auc=0.8), tmp_path / "epoch_003_auc_0.8000.pth")
+    save_checkpoint(tiny_payload(epoch=1, val_auc=0.6), tmp_path / "best.pth")
+    best = link_checkpoint(epoch_file, tmp_path / "best.pth")
+    assert best.stat().st_ino == epoch_file.stat().st_ino
+    assert load_checkpoint(best)["epoch"] == 3
+    epoch_file.unlink()  # a stale epoch file removed later leaves best.pth whole
+    assert load_checkpoint(best)["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth"]
