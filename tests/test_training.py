@@ -11,22 +11,12 @@ from pathlib import Path
 import pytest
 
 from deepfake_platform.checkpoints import load_checkpoint
-from deepfake_platform.data import build_dataset
 from deepfake_platform.report import SECTIONS
 from deepfake_platform.training import ShardSampler
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "reproduce_baseline.py"
 CHECKPOINT_KEYS = {"model_state_dict", "optimizer_state_dict", "epoch", "val_auc", "val_threshold", "config", "detector"}
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """A tiny real/fake set whose validation split (9 images) does not divide by 2 workers."""
-    root = tmp_path_factory.mktemp("data") / "set"
-    build_dataset(root, counts={"train": 16, "val": 10, "test": 8}, size=64)
-    sorted((root / "val" / "fake").iterdir())[-1].unlink()
-    return root
 
 
 def run_job(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -20,7 +20,6 @@ import pytest
 
 from deepfake_platform.checkpoints import load_checkpoint
 from deepfake_platform.config import ConfigError
-from deepfake_platform.data import build_dataset
 from deepfake_platform.tuning import (
     experiment_config,
     load_sweep_config,
@@ -36,15 +35,6 @@ SCRIPT = REPO / "experiments" / "tune_sweep.py"
 SMOKE = REPO / "experiments" / "configs" / "sweep_smoke.yaml"
 FULL = REPO / "experiments" / "configs" / "sweep.yaml"
 VENV_BIN = str(Path(sys.executable).parent)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """A tiny real/fake set (16 train, 9 val, 8 test at 64 px)."""
-    root = tmp_path_factory.mktemp("data") / "set"
-    build_dataset(root, counts={"train": 16, "val": 10, "test": 8}, size=64)
-    sorted((root / "val" / "fake").iterdir())[-1].unlink()
-    return root
 
 
 # ---------------------------------------------------------------------------------------------
