@@ -1,21 +1,19 @@
-"""One typed configuration for every job: dataclasses loaded from YAML, overridden with `key=value`.
+"""One config system for every job: pydantic models loaded from YAML, overridden with `key=value`.
 
-Unknown keys and values of the wrong type are errors that name the key and the file, so a typo in a
-config never silently falls back to a default. The resolved config is saved with every run and inside
-every checkpoint.
+Experiment, sweep, ensemble and Serve-app configs are all `Section` models: unknown keys and values of
+the wrong type are `ConfigError`s naming the key and the file, lists and nested records are typed like
+everything else, and each default lives in its model. `load_yaml` is the one YAML reader. The resolved
+experiment config is saved with every run and inside every checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,168 +22,166 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used as written."""
 
 
-@dataclass
-class ModelConfig:
+class Section(BaseModel):
+    """A typed config record: unknown keys are errors, types are strict, assignments are checked."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (YAML-, JSON- and weights_only-checkpoint-safe)."""
+        return self.model_dump(mode="python")
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+# ---- the experiment ---------------------------------------------------------------------------------
+
+
+class ModelConfig(Section):
     """Which detector to build and how to initialise it."""
 
     name: str = "hybrid_resnet18_vit_b16"
-    # auto: use ImageNet weights when found, else warn and start from random; required: fail; off: never.
-    pretrained: str = "auto"
+    # auto: ImageNet weights when found, else a loud warning and random initialisation; required: fail; off: never.
+    pretrained: Literal["auto", "required", "off"] = "auto"
+    # none | cnn | vit | backbones | lastK (models/freezing.py)
     freeze: str = "none"
     # Extra keyword arguments of the detector, e.g. cnn_weights / vit_weights (local weight files).
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass
-class DataConfig:
+class DataConfig(Section):
     """Where the images are and how they are fed."""
 
     # Empty: the embedded data set named by `embedded`, built on first use.
     root: str = ""
     # full: the reference recipe's set (data/embedded); smoke: a few tiny images (data/smoke).
-    embedded: str = "full"
+    embedded: Literal["full", "smoke"] = "full"
     # 0: the detector's own default input size.
-    image_size: int = 0
-    loader_workers: int = 0
+    image_size: int = Field(0, ge=0)
+    loader_workers: int = Field(0, ge=0)
+    # Self-Blended Images on the fly: every real training image also yields a fresh pseudo-fake each epoch.
+    self_blend: bool = False
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """The optimisation recipe."""
 
-    epochs: int = 5
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    # bf16: autocast on CPUs with AMX / GPUs; fp32: the strict reference arithmetic.
-    precision: str = "bf16"
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    # auto: bf16 autocast where the hardware runs bf16 natively (AVX-512 BF16, AMX, recent GPUs), else fp32;
+    # bf16 forces it (emulated, and many times slower, on other CPUs); fp32: the strict reference arithmetic.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
     compile: bool = False
     seed: int = 42
     # Batches per epoch cap, 0 for all (smoke runs and benchmarks).
-    max_steps_per_epoch: int = 0
+    max_steps_per_epoch: int = Field(0, ge=0)
 
 
-@dataclass
-class ScalingConfig:
+class ScalingConfig(Section):
     """How the work is spread over Ray."""
 
-    num_workers: int = 1
+    num_workers: int = Field(1, ge=1)
     # 0: split the node's CPUs evenly between the workers.
-    cpus_per_worker: float = 0.0
+    cpus_per_worker: float = Field(0.0, ge=0)
     use_gpu: bool = False
-    # Worker-group restarts from the latest checkpoint before the run is declared failed.
-    max_failures: int = 2
+    # Worker-group restarts (a killed worker or a lost node) before the run is declared failed.
+    max_failures: int = Field(2, ge=0)
 
 
-@dataclass
-class OutputConfig:
+class OutputConfig(Section):
     """Where a run writes what it produces."""
 
     checkpoints_dir: str = "checkpoints"
     runs_dir: str = "runs"
     artifacts_dir: str = "artifacts"
-    # Ray Train's own storage (its checkpoint copies and state); a shared path on a cluster.
+    # Ray Train's own storage (its checkpoint copies and state); a shared path or a URI on a cluster.
     storage_path: str = "ray_results"
     promote: bool = True
 
 
-@dataclass
-class ExperimentConfig:
+class ExperimentConfig(Section):
     """Everything one training run needs."""
 
     name: str = "baseline"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain nested dict (YAML-, JSON- and weights_only-checkpoint-safe)."""
-        return dataclasses.asdict(self)
-
-    def validate(self) -> ExperimentConfig:
-        """Check values whose type alone does not make them valid; return self."""
-        checks = [
-            (self.model.pretrained in {"auto", "required", "off"}, "model.pretrained", "auto, required or off"),
-            (self.data.embedded in {"full", "smoke"}, "data.embedded", "full or smoke"),
-            (self.train.precision in {"bf16", "fp32"}, "train.precision", "bf16 or fp32"),
-            (self.train.epochs >= 1, "train.epochs", "at least 1"),
-            (self.train.batch_size >= 1, "train.batch_size", "at least 1"),
-            (self.train.lr > 0, "train.lr", "positive"),
-            (self.scaling.num_workers >= 1, "scaling.num_workers", "at least 1"),
-            (self.scaling.cpus_per_worker >= 0, "scaling.cpus_per_worker", "0 (auto) or positive"),
-        ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise ConfigError(f"{key} must be {expected}, got {_get(self, key)!r}.")
-        return self
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
 
 
-def _get(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
+# ---- reading and checking ---------------------------------------------------------------------------
 
 
-def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Return `value` as `annotation`, or raise ConfigError naming the key and the file."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(annotation):
-            try:
-                return _coerce(value, option, key, source)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{source}: {key} has the wrong type: {value!r} is not {annotation}.")
-    if annotation is Any:
-        return value
-    if origin is dict or annotation is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}.")
-        return dict(value)
-    if dataclasses.is_dataclass(annotation):
-        return build_dataclass(annotation, value, source, prefix=key + ".")
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
-    elif annotation is type(None) and value is None:
-        return None
-    raise ConfigError(
-        f"{source}: {key} must be {getattr(annotation, '__name__', annotation)}, got {value!r} "
-        f"({type(value).__name__})."
-    )
+def load_yaml(path: str | Path, what: str, example: str) -> dict[str, Any]:
+    """The mapping in a YAML file; a missing file, bad YAML or a non-mapping is a ConfigError sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist; see {example} for an example.")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, not a {type(loaded).__name__}.")
+    return loaded
 
 
-def build_dataclass(cls: type, data: Any, source: str, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, checking keys and types; errors name the key and `source`."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {data!r}.")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {prefix}{unknown[0]}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            + f"; known keys here: {', '.join(sorted(known))}."
-        )
-    values = {name: _coerce(value, hints[name], prefix + name, source) for name, value in data.items()}
-    return cls(**values)
+def build(model: type[SectionT], data: Any, source: str) -> SectionT:
+    """`model` built from `data`; the first mistake becomes a ConfigError naming the key and `source`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_sentence(model, err.errors()[0])}") from None
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
-    """Build and validate an ExperimentConfig from a nested dict."""
-    return build_dataclass(ExperimentConfig, data, source).validate()
+def _sentence(model: type[Section], error: dict[str, Any]) -> str:
+    key = dotted(error["loc"]) or "the top level"
+    value = error.get("input")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {key}; known keys here: {', '.join(_known_keys(model, error['loc'][:-1]))}."
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{key} must be a mapping, got {value!r}."
+    if kind == "missing":
+        return f"{key} is required."
+    message = error["msg"][0].lower() + error["msg"][1:]
+    message = message.removeprefix("value error, ")
+    return f"{key}: {message}, got {value!r} ({type(value).__name__})."
+
+
+def dotted(loc: tuple) -> str:
+    """A pydantic location as the user writes the key: train.lr, members[0].checkpoint."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _known_keys(model: type[Section], loc: tuple) -> list[str]:
+    """The field names of the (nested) model at `loc`; lists of records are followed through their index."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
+        if field is None:
+            return []
+        current = _record_type(field.annotation)
+    return sorted(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _record_type(annotation: Any) -> Any:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return annotation
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -193,8 +189,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. train.lr=3e-4.")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    # YAML reads 1e-4 as a string (it wants 1.0e-4); numbers are what users mean.
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({err}).") from err
+    # YAML 1.1 reads 1e-4 as a string (it wants 1.0e-4); a number is what users mean.
     if isinstance(value, str):
         try:
             value = float(value) if any(c in value for c in ".eE") else int(value)
@@ -204,7 +203,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `data` with each `key=value` override applied."""
+    """A copy of `data` with each `key=value` override applied."""
     data = copy.deepcopy(data)
     for text in overrides:
         key, value = parse_override(text)
@@ -218,29 +217,39 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML config (or the defaults when `path` is None) and apply `key=value` overrides."""
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; see experiments/configs/ for examples.")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from err
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (model, data, train, ...).")
-        data = loaded or {}
+def load(model: type[SectionT], path: str | Path | None, overrides: list[str] | None = None, *,
+         what: str = "config file", example: str = "experiments/configs/") -> SectionT:
+    """A `model` from a YAML file (or its defaults when `path` is None) with `key=value` overrides applied."""
+    data = load_yaml(path, what, example) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
     if overrides:
         data = apply_overrides(data, overrides)
         source += " + overrides"
-    return config_from_dict(data, source)
+    return build(model, data, source)
 
 
-def save_config(config: ExperimentConfig, path: str | Path) -> Path:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """An experiment config from YAML (or the defaults when `path` is None), with `key=value` overrides."""
+    return load(ExperimentConfig, path, overrides)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    """An ExperimentConfig from a nested dict (a checkpoint's, a sweep's)."""
+    return build(ExperimentConfig, data, source)
+
+
+def with_changes(config: SectionT, **sections: dict[str, Any]) -> SectionT:
+    """A checked copy of `config` with some keys of some sections changed, e.g. train={"lr": 1e-3}."""
+    data = config.to_dict()
+    for section, values in sections.items():
+        if isinstance(data.get(section), dict):
+            data[section].update(values)
+        else:
+            data[section] = values
+    return build(type(config), data, "changed config")
+
+
+def save_config(config: Section, path: str | Path) -> Path:
     """Write the resolved config as YAML."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

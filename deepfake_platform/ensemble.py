@@ -1,17 +1,17 @@
-"""Ensembles: several detectors' fake probabilities combined into one, fitted and thresholded on validation.
+"""Ensembles at run time: the combiners, the ensemble spec, and loading any model file as a predictor.
 
 Three combiners, pure functions over an (images x members) matrix of fake probabilities: `mean`,
 `weighted` (weights from the config) and `stacking` (a logistic regression on the members' logits,
-fitted on validation predictions and stored as plain coef/intercept lists). Members are platform
-checkpoints of any registered detector, or a frequency-domain detector saved by
-`experiments/build_ensemble.py`. An ensemble spec (members with their SHA-256, combiner, threshold)
-is a weights_only-loadable `.pth` dict that `serve/` deploys.
+fitted on validation by `orchestration.ensemble_build` and stored as plain coef/intercept lists).
+An ensemble spec is a checkpoint of kind `ensemble`: its members' files with their SHA-256, the
+combiner and the validation-chosen threshold. `load_predictor` opens any model file the platform
+writes (a detector checkpoint, a frequency detector, an ensemble spec) behind one interface:
+`predict_images(images) -> probabilities` and `info`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,20 +19,26 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
-import yaml
 from PIL import Image
 
-from deepfake_platform.checkpoints import CheckpointError, file_sha256, save_checkpoint
-from deepfake_platform.config import ConfigError, apply_overrides, build_dataclass
-from deepfake_platform.inference import ModelInfo, Predictor
+from deepfake_platform.checkpoints import (
+    CheckpointError,
+    DetectorCheckpoint,
+    EnsembleCheckpoint,
+    FrequencyCheckpoint,
+    file_sha256,
+    read_checkpoint,
+    write_checkpoint,
+)
+from deepfake_platform.predict import FrequencyPredictor, ModelInfo, Predictor
 
 COMBINERS = ("mean", "weighted", "stacking")
 # Probabilities are clipped this far from 0 and 1 before taking logits, so a saturated member stays finite.
 _EPS = 1e-6
 
 
-def _logit(probabilities: np.ndarray) -> np.ndarray:
+def logit(probabilities: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), with p clipped away from 0 and 1."""
     p = np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1.0 - _EPS)
     return np.log(p) - np.log1p(-p)
 
@@ -66,19 +72,8 @@ def stacking_combine(probabilities: np.ndarray, coef: list[float], intercept: fl
     c = np.asarray(coef, dtype=np.float64)
     if c.shape != (p.shape[1],):
         raise ValueError(f"{c.size} stacking coefficients for {p.shape[1]} members.")
-    z = _logit(p) @ c + float(intercept)
+    z = logit(p) @ c + float(intercept)
     return 1.0 / (1.0 + np.exp(-z))
-
-
-def fit_stacking(probabilities: np.ndarray, labels: np.ndarray) -> tuple[list[float], float]:
-    """Fit the stacking logistic regression on validation predictions; returns (coef, intercept)."""
-    from sklearn.linear_model import LogisticRegression
-
-    labels = np.asarray(labels).astype(int).ravel()
-    if len(np.unique(labels)) < 2:
-        raise ValueError("stacking needs both real and fake images in the validation split.")
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(_logit(_matrix(probabilities)), labels)
-    return [float(c) for c in model.coef_[0]], float(model.intercept_[0])
 
 
 @dataclass
@@ -109,96 +104,52 @@ class Combiner:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Combiner:
         """The inverse of to_dict."""
-        return cls(
-            kind=str(data["kind"]),
-            weights=[float(w) for w in data.get("weights", [])],
-            coef=[float(c) for c in data.get("coef", [])],
-            intercept=float(data.get("intercept", 0.0)),
-        )
+        return cls(kind=str(data["kind"]), weights=[float(w) for w in data.get("weights", [])],
+                   coef=[float(c) for c in data.get("coef", [])], intercept=float(data.get("intercept", 0.0)))
 
 
-# ---- members -------------------------------------------------------------------------------------
+# ---- members -------------------------------------------------------------------------------------------
 
 
 class Member(Protocol):
     """What an ensemble needs from a detector: its identity and fake probabilities for PIL images."""
 
     info: ModelInfo
+    faces: dict[str, Any]
 
     def predict_images(self, images: list[Image.Image]) -> np.ndarray: ...
 
 
-def read_member_file(path: str | Path) -> dict[str, Any]:
-    """Read a member .pth with weights_only=True, memory-mapped (cheap even for large checkpoints)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"detector file {path} does not exist. Train one with `python experiments/reproduce_baseline.py` "
-            "(or `make run`), or fix the path in the config."
-        )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises many types here; to the user they all mean the same
-        raise CheckpointError(
-            f"{path} could not be read as a plain-tensor .pth (corrupt, truncated, or holding Python objects "
-            f"that weights_only refuses): {err}"
-        ) from err
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a checkpoint dict.")
-    return payload
+def safe_name(text: str) -> str:
+    """A member name usable as a Serve deployment name and a table column: letters, digits, _ and -."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "member"
 
 
-def member_kind(payload: dict[str, Any]) -> str:
-    """`frequency` for a saved frequency detector, `ensemble` for an ensemble spec, else `torch`."""
-    return str(payload.get("kind", "torch"))
+def load_member(path: str | Path, precision: str = "auto", device: str = "cpu", *, record: Any = None) -> Member:
+    """A single detector: a platform checkpoint (Predictor) or a saved frequency detector."""
+    record = record if record is not None else read_checkpoint(path)
+    if isinstance(record, FrequencyCheckpoint):
+        return FrequencyPredictor(record, path=path)
+    if isinstance(record, DetectorCheckpoint):
+        return Predictor(record, device=device, precision=precision, path=path)
+    raise CheckpointError(f"{path} is an ensemble spec, not a single detector: deploy or score it as a whole.")
 
 
-class FrequencyMember:
-    """A fitted FrequencyDetector scoring PIL images like Predictor does."""
-
-    def __init__(self, detector: Any, info: ModelInfo):
-        self.detector = detector
-        self.info = info
-
-    @classmethod
-    def load(cls, path: str | Path) -> FrequencyMember:
-        """Load a frequency detector saved by save_frequency_member."""
-        from models import FrequencyDetector
-
-        payload = read_member_file(path)
-        if member_kind(payload) != "frequency":
-            raise CheckpointError(f"{path} is not a frequency detector file.")
-        # image_size 0: the spectrum is taken over the whole decoded image, at its own size.
-        info = ModelInfo(name="frequency", checkpoint=Path(path).name, sha256=file_sha256(path),
-                         threshold=float(payload["val_threshold"]), image_size=0,
-                         val_auc=float(payload["val_auc"]), epoch=0)
-        return cls(FrequencyDetector.from_state(payload["state"]), info)
-
-    def predict_images(self, images: list[Image.Image]) -> np.ndarray:
-        """Fake probabilities for RGB PIL images."""
-        if not images:
-            return np.zeros(0, dtype=np.float32)
-        return np.asarray(self.detector.predict_proba(list(images)), dtype=np.float32).reshape(-1)
+def member_label(path: str | Path) -> str:
+    """The default name of a member file: its detector's registry name, or `frequency`."""
+    record = read_checkpoint(path)
+    if isinstance(record, DetectorCheckpoint):
+        return record.detector
+    return record.kind
 
 
 def save_frequency_member(detector: Any, path: str | Path, val_threshold: float, val_auc: float) -> Path:
-    """Save a fitted FrequencyDetector as a weights_only-loadable .pth member file."""
-    payload = {"kind": "frequency", "state": detector.to_state(), "val_threshold": float(val_threshold),
-               "val_auc": float(val_auc)}
-    return save_checkpoint(payload, path)
+    """Save a fitted FrequencyDetector as a weights_only-loadable member file."""
+    return write_checkpoint(FrequencyCheckpoint(state=detector.to_state(), val_threshold=float(val_threshold),
+                                                val_auc=float(val_auc)), path)
 
 
-def load_member(path: str | Path, precision: str = "auto") -> Member:
-    """Load any member file: a platform checkpoint (Predictor) or a saved frequency detector."""
-    kind = member_kind(read_member_file(path))
-    if kind == "frequency":
-        return FrequencyMember.load(path)
-    if kind == "ensemble":
-        raise CheckpointError(f"{path} is an ensemble spec, not a single detector: deploy it as `ensemble`.")
-    return Predictor(path, precision=precision)
-
-
-# ---- the ensemble spec ---------------------------------------------------------------------------
+# ---- the ensemble spec ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -226,13 +177,12 @@ class EnsembleSpec:
 
 
 def save_ensemble(spec: EnsembleSpec, path: str | Path) -> Path:
-    """Write the spec as a weights_only-loadable .pth; member paths are stored relative to its folder."""
+    """Write the spec as a weights_only-loadable checkpoint; member paths are stored relative to its folder."""
     path = Path(path).resolve()
     members = [{"name": m.name, "path": os.path.relpath(Path(m.path).resolve(), path.parent), "sha256": m.sha256}
                for m in spec.members]
-    payload = {"kind": "ensemble", "name": spec.name, "members": members, "combiner": spec.combiner.to_dict(),
-               "threshold": float(spec.threshold), "val_auc": float(spec.val_auc)}
-    return save_checkpoint(payload, path)
+    return write_checkpoint(EnsembleCheckpoint(name=spec.name, members=members, combiner=spec.combiner.to_dict(),
+                                               threshold=float(spec.threshold), val_auc=float(spec.val_auc)), path)
 
 
 def load_ensemble(path: str | Path) -> EnsembleSpec:
@@ -243,11 +193,9 @@ def load_ensemble(path: str | Path) -> EnsembleSpec:
             f"ensemble spec {path} does not exist. Build one with "
             "`python experiments/build_ensemble.py --config experiments/configs/ensemble.yaml`."
         )
-    payload = read_member_file(path)
-    if member_kind(payload) != "ensemble":
-        raise CheckpointError(f"{path} is not an ensemble spec (build one with experiments/build_ensemble.py).")
+    record = read_checkpoint(path, EnsembleCheckpoint)
     members = []
-    for entry in payload["members"]:
+    for entry in record.members:
         member_path = (path.parent / entry["path"]).resolve()
         if not member_path.is_file():
             raise CheckpointError(
@@ -260,256 +208,38 @@ def load_ensemble(path: str | Path) -> EnsembleSpec:
                 "combiner and threshold no longer apply. Rebuild with experiments/build_ensemble.py."
             )
         members.append(MemberSpec(name=entry["name"], path=str(member_path), sha256=entry["sha256"]))
-    combiner = Combiner.from_dict(payload["combiner"])
-    return EnsembleSpec(name=str(payload["name"]), members=members, combiner=combiner,
-                        threshold=float(payload["threshold"]), val_auc=float(payload["val_auc"]))
+    return EnsembleSpec(name=record.name, members=members, combiner=Combiner.from_dict(record.combiner),
+                        threshold=record.threshold, val_auc=record.val_auc)
 
 
-# ---- the build config ----------------------------------------------------------------------------
+class EnsemblePredictor:
+    """An ensemble spec with its members loaded: member probabilities, combined."""
+
+    def __init__(self, path: str | Path, precision: str = "auto", device: str = "cpu"):
+        self.spec = load_ensemble(path)
+        self.members = {m.name: load_member(m.path, precision, device) for m in self.spec.members}
+        first_faces = [member.faces for member in self.members.values() if member.faces]
+        # Members trained on faces share one preset (the build checks it); whole images otherwise.
+        self.faces: dict[str, Any] = first_faces[0] if first_faces else {}
+        self.info = ModelInfo(name=self.spec.name, checkpoint=Path(path).name, sha256=file_sha256(path),
+                              threshold=self.spec.threshold, image_size=0, val_auc=self.spec.val_auc, epoch=0)
+
+    def predict_members(self, images: list[Image.Image]) -> np.ndarray:
+        """(images x members) fake probabilities, columns in member order."""
+        if not images:
+            return np.zeros((0, len(self.members)))
+        return np.stack([member.predict_images(images) for member in self.members.values()], axis=1)
+
+    def predict_images(self, images: list[Image.Image]) -> np.ndarray:
+        """The ensemble's fake probabilities for RGB PIL images."""
+        if not images:
+            return np.zeros(0, dtype=np.float32)
+        return self.spec.apply(self.predict_members(images)).astype(np.float32)
 
 
-@dataclass
-class MemberConfig:
-    """A member entry of the ensemble config: a checkpoint path or a glob (a sweep's top-k)."""
-
-    checkpoint: str = ""
-    # Empty: the detector's registry name (with a number when several match).
-    name: str = ""
-    # For a glob: keep the k checkpoints with the best validation AUC; 0 keeps every match.
-    top_k: int = 0
-
-
-@dataclass
-class FrequencyConfig:
-    """Whether to train the frequency-domain detector on the training split and add it as a member."""
-
-    enabled: bool = False
-    name: str = "frequency"
-
-
-@dataclass
-class EnsembleOutputConfig:
-    """Where build_ensemble.py writes: runs/<name>/ensemble/, artifacts/<name>.pth, the Serve config."""
-
-    runs_dir: str = "runs"
-    artifacts_dir: str = "artifacts"
-    serve_config: str = "serve.ensemble.config"
-
-
-@dataclass
-class EnsembleConfig:
-    """Everything build_ensemble.py needs."""
-
-    name: str = "ensemble"
-    # Empty: the embedded default data set (as for training).
-    data_root: str = ""
-    members: list[Any] = field(default_factory=list)
-    frequency: FrequencyConfig = field(default_factory=FrequencyConfig)
-    combiner: str = "stacking"
-    # For the weighted combiner: member name -> weight (names as in the comparison table).
-    weights: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 16
-    precision: str = "auto"
-    output: EnsembleOutputConfig = field(default_factory=EnsembleOutputConfig)
-
-    def member_configs(self) -> list[MemberConfig]:
-        """The members section, each entry checked against MemberConfig."""
-        return [build_dataclass(MemberConfig, entry, "ensemble config", prefix=f"members[{i}].")
-                for i, entry in enumerate(self.members)]
-
-
-def load_ensemble_config(path: str | Path, overrides: list[str] | None = None) -> EnsembleConfig:
-    """Load and check an ensemble YAML config, with `key=value` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"ensemble config {path} does not exist; see experiments/configs/ensemble.yaml.")
-    data = yaml.safe_load(path.read_text()) or {}
-    data = apply_overrides(data, overrides or [])
-    # members is a list of mappings: given its own type here, each entry is checked by member_configs().
-    members = data.pop("members", [])
-    if not isinstance(members, list):
-        raise ConfigError(f"{path}: members must be a list of {{checkpoint, name, top_k}} entries.")
-    config = build_dataclass(EnsembleConfig, data, str(path))
-    config.members = members
-    config.member_configs()
-    if config.combiner not in COMBINERS:
-        raise ConfigError(f"{path}: combiner must be one of {', '.join(COMBINERS)}, got {config.combiner!r}.")
-    if not members and not config.frequency.enabled:
-        raise ConfigError(f"{path}: the ensemble has no members; list checkpoints or enable frequency.")
-    return config
-
-
-def safe_name(text: str) -> str:
-    """A member name usable as a Serve deployment name and a table column: letters, digits, _ and -."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "member"
-
-
-def resolve_members(configs: list[MemberConfig]) -> list[tuple[str, Path]]:
-    """Expand paths and globs into unique (name, path) pairs; a glob keeps its top_k by validation AUC."""
-    resolved: list[tuple[str, Path]] = []
-    for entry in configs:
-        if not entry.checkpoint:
-            raise ConfigError("every member needs a checkpoint path (or a glob).")
-        if glob.has_magic(entry.checkpoint):
-            paths = [Path(p) for p in sorted(glob.glob(entry.checkpoint))]
-            if not paths:
-                raise ConfigError(f"no checkpoint matches {entry.checkpoint}; train the sweep first or fix the glob.")
-            paths.sort(key=lambda p: -float(read_member_file(p).get("val_auc", float("-inf"))))
-            if entry.top_k:
-                paths = paths[: entry.top_k]
-        else:
-            paths = [Path(entry.checkpoint)]
-        for i, path in enumerate(paths):
-            payload = read_member_file(path)
-            base = entry.name or (payload["detector"]["name"] if member_kind(payload) == "torch" else member_kind(payload))
-            resolved.append((safe_name(f"{base}_{i + 1}" if len(paths) > 1 else base), path))
-    names = [name for name, _ in resolved]
-    unique = [f"{name}_{names[:i].count(name) + 1}" if names.count(name) > 1 else name
-              for i, name in enumerate(names)]
-    return list(zip(unique, (path for _, path in resolved), strict=True))
-
-
-# ---- fitting and comparing -----------------------------------------------------------------------
-
-
-def score_members(members: dict[str, Member], samples: list[tuple[str, int]],
-                  batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(images x members) fake probabilities and the labels; each image is decoded once for all members."""
-    from deepfake_platform.data import load_image
-
-    if not samples:
-        raise ValueError("the split has no readable images to score.")
-    rows = []
-    for start in range(0, len(samples), batch_size):
-        images = [load_image(path) for path, _ in samples[start:start + batch_size]]
-        rows.append(np.stack([member.predict_images(images) for member in members.values()], axis=1))
-    return np.concatenate(rows).astype(np.float64), np.array([label for _, label in samples], dtype=np.int64)
-
-
-def fit_combiner(kind: str, names: list[str], val_probabilities: np.ndarray, val_labels: np.ndarray,
-                 weights: dict[str, float] | None = None) -> Combiner:
-    """The combiner of `kind`: weighted takes one weight per member name, stacking fits on validation."""
-    if kind == "weighted":
-        weights = weights or {}
-        unknown = sorted(set(weights) - set(names))
-        missing = [name for name in names if name not in weights]
-        if unknown or missing:
-            raise ConfigError(
-                f"weights must name every member exactly: members are {', '.join(names)}"
-                + (f"; unknown {', '.join(unknown)}" if unknown else "")
-                + (f"; missing {', '.join(missing)}" if missing else "") + "."
-            )
-        combiner = Combiner("weighted", weights=[float(weights[name]) for name in names])
-        combiner.apply(val_probabilities)  # checks the weights now, not at serving time
-        return combiner
-    if kind == "stacking":
-        coef, intercept = fit_stacking(val_probabilities, val_labels)
-        return Combiner("stacking", coef=coef, intercept=intercept)
-    return Combiner(kind)
-
-
-def train_frequency_member(train: list[tuple[str, int]], val: list[tuple[str, int]], path: str | Path) -> Path:
-    """Fit the frequency detector on the training split, pick its threshold on validation, save it."""
-    from deepfake_platform.data import load_image
-    from deepfake_platform.metrics import choose_threshold, roc_auc
-    from models import FrequencyDetector
-
-    # Generators: only the spectral features are kept in memory, never all the decoded images.
-    detector = FrequencyDetector().fit((load_image(p) for p, _ in train), [label for _, label in train])
-    val_scores = detector.predict_proba(load_image(p) for p, _ in val)
-    val_labels = np.array([label for _, label in val])
-    return save_frequency_member(detector, path, choose_threshold(val_labels, val_scores), roc_auc(val_labels, val_scores))
-
-
-def compare_on_test(names: list[str], members: dict[str, Member], spec: EnsembleSpec,
-                    val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
-    """One row per member and one for the ensemble: validation AUC here, test metrics at each one's threshold.
-
-    `val` and `test` are (member probabilities, labels) pairs as score_members returns them.
-    """
-    from deepfake_platform.metrics import classification_report, roc_auc
-
-    (val_probabilities, val_labels), (test_probabilities, test_labels) = val, test
-    rows = []
-    for j, name in enumerate(names):
-        info = members[name].info
-        rows.append({"name": name, "detector": info.name, "file": info.checkpoint,
-                     "val_auc": roc_auc(val_labels, val_probabilities[:, j]), "threshold": info.threshold,
-                     "scores": test_probabilities[:, j],
-                     "metrics": classification_report(test_labels, test_probabilities[:, j], info.threshold)})
-    fused = spec.apply(test_probabilities)
-    rows.append({"name": spec.name, "detector": f"ensemble ({spec.combiner.kind})", "file": f"{spec.name}.pth",
-                 "val_auc": spec.val_auc, "threshold": spec.threshold, "scores": fused,
-                 "metrics": classification_report(test_labels, fused, spec.threshold)})
-    return rows
-
-
-COLUMNS = ("name", "detector", "val_auc", "threshold", "test_auc", "average_precision", "eer", "accuracy", "f1",
-           "precision", "recall")
-
-
-def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The comparison table's cells, one dict per member and ensemble."""
-    table = []
-    for row in rows:
-        m, at = row["metrics"], row["metrics"]["at_val_threshold"]
-        table.append({"name": row["name"], "detector": row["detector"], "val_auc": row["val_auc"],
-                      "threshold": row["threshold"], "test_auc": m["auc"], "average_precision": m["average_precision"],
-                      "eer": m["eer"], "accuracy": at["accuracy"], "f1": at["f1"], "precision": at["precision"],
-                      "recall": at["recall"]})
-    return table
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "n/a" if np.isnan(value) else f"{value:.4f}"
-    return str(value)
-
-
-def render_comparison(table: list[dict[str, Any]], n_test: int) -> str:
-    """The Markdown comparison of members and ensemble on test."""
-    lines = [
-        "# Ensemble vs members on test",
-        "",
-        f"{n_test} test images. Accuracy, F1, precision and recall are at each row's own threshold, chosen on "
-        "validation (Youden's J); the ensemble's combiner was fitted on validation too.",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-    ]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in table]
-    return "\n".join(lines) + "\n"
-
-
-def write_comparison(rows: list[dict[str, Any]], test_labels: np.ndarray, out_dir: str | Path) -> Path:
-    """Write comparison.md, comparison.csv and roc_test.png to out_dir; return comparison.md."""
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = table_rows(rows)
-    with open(out_dir / "comparison.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(table)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    if len(np.unique(test_labels)) == 2:
-        for row, cells in zip(rows, table, strict=True):
-            fpr, tpr, _ = roc_curve(test_labels, row["scores"])
-            ax.plot(fpr, tpr, label=f"{row['name']} (AUC {_cell(cells['test_auc'])})",
-                    linewidth=2.5 if row is rows[-1] else 1.2)
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on test")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "roc_test.png", dpi=110)
-    plt.close(fig)
-    report = out_dir / "comparison.md"
-    report.write_text(render_comparison(table, len(test_labels)) + "\n![ROC on test](roc_test.png)\n")
-    return report
+def load_predictor(path: str | Path, precision: str = "auto", device: str = "cpu") -> Member:
+    """Any model file the platform writes, ready to score images: a checkpoint, a frequency detector or an ensemble."""
+    record = read_checkpoint(path)
+    if isinstance(record, EnsembleCheckpoint):
+        return EnsemblePredictor(path, precision, device)
+    return load_member(path, precision, device, record=record)

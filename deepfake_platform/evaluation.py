@@ -1,4 +1,5 @@
-"""Evaluate any checkpoint on a data split, with the threshold chosen on validation (never on test)."""
+"""Evaluate any model file on a data split through the one predict path, with the threshold chosen on
+validation (never on test); frame and, when the data set knows each crop's video, video-level metrics."""
 
 from __future__ import annotations
 
@@ -6,35 +7,72 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader
 
-from deepfake_platform.inference import Predictor
-from deepfake_platform.metrics import classification_report
+from deepfake_platform.checkpoints import DetectorCheckpoint
+from deepfake_platform.ensemble import Member, load_predictor
+from deepfake_platform.metrics import choose_threshold, classification_report, video_scores
+from deepfake_platform.predict import Predictor
 
 
-def score_split(predictor: Predictor, data_root: str | Path, split: str, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Fake probabilities and labels for every readable image of one split."""
-    from deepfake_platform.data import ImageDataset, load_split
+def score_samples(predictor: Member, samples: list[tuple[str, int]], batch_size: int = 32) -> np.ndarray:
+    """Fake probabilities of (path, label) samples, decoded and scored batch by batch."""
+    from deepfake_platform.data import load_image
+
+    scores = [predictor.predict_images([load_image(path) for path, _ in samples[start:start + batch_size]])
+              for start in range(0, len(samples), batch_size)]
+    return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+
+
+def evaluate(predictor: Member, data_root: str | Path, split: str = "test", *, batch_size: int = 32,
+             video_threshold: float | None = None) -> dict[str, Any]:
+    """Metrics of `predictor` on `split`: AUC, AP, EER, accuracy/F1/precision/recall at 0.5 and at the
+    validation threshold; per video too when the data set's manifest names each crop's source video."""
+    from deepfake_platform.data import load_split, source_videos
 
     samples = load_split(Path(data_root), split)
-    loader = DataLoader(ImageDataset(samples, predictor.transform), batch_size=batch_size, shuffle=False)
-    return predictor.predict_loader(loader)
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path, data_root: str | Path, split: str = "test", *, precision: str = "auto",
-    batch_size: int = 32,
-) -> dict[str, Any]:
-    """Metrics of `checkpoint` on `split`: AUC, AP, EER, and accuracy/F1/precision/recall at 0.5 and at
-    the validation threshold saved in the checkpoint; plus the raw scores for plots."""
-    predictor = Predictor(checkpoint, precision=precision)
-    scores, labels = score_split(predictor, data_root, split, batch_size)
-    return {
-        "checkpoint": str(checkpoint),
+    scores = score_samples(predictor, samples, batch_size)
+    labels = np.array([label for _, label in samples], dtype=np.int64)
+    result: dict[str, Any] = {
+        "checkpoint": predictor.info.checkpoint,
         "split": split,
-        "model": vars(predictor.info),
-        "precision": predictor.precision,
+        "model": predictor.info.to_dict(),
+        "precision": getattr(predictor, "precision", "n/a"),
         "metrics": classification_report(labels, scores, predictor.info.threshold),
         "scores": scores.tolist(),
         "labels": labels.tolist(),
     }
+    videos = source_videos(Path(data_root), [path for path, _ in samples])
+    if videos is not None:
+        per_video, video_labels, names = video_scores(scores, labels, videos)
+        threshold = video_threshold if video_threshold is not None else predictor.info.threshold
+        result["video"] = {"metrics": classification_report(video_labels, per_video, threshold),
+                           "scores": per_video.tolist(), "labels": video_labels.tolist(), "videos": names}
+    return result
+
+
+def video_threshold_on_validation(predictor: Member, data_root: str | Path, batch_size: int = 32) -> float | None:
+    """The video-level decision threshold chosen on the validation videos (Youden's J), or None without videos."""
+    from deepfake_platform.data import load_split, source_videos
+
+    samples = load_split(Path(data_root), "val")
+    videos = source_videos(Path(data_root), [path for path, _ in samples])
+    if videos is None:
+        return None
+    scores = score_samples(predictor, samples, batch_size)
+    per_video, labels, _ = video_scores(scores, np.array([label for _, label in samples]), videos)
+    return choose_threshold(labels, per_video)
+
+
+def evaluate_record(record: DetectorCheckpoint, path: str | Path, data_root: str | Path, split: str = "test",
+                    *, batch_size: int = 32) -> dict[str, Any]:
+    """A training checkpoint on `split`, at the precision it was trained with (so its AUCs match training's)."""
+    precision = record.precision or record.config.get("train", {}).get("precision", "auto")
+    predictor = Predictor(record, precision=precision, path=path)
+    return evaluate(predictor, data_root, split, batch_size=batch_size,
+                    video_threshold=record.video.get("threshold") if record.video else None)
+
+
+def evaluate_checkpoint(path: str | Path, data_root: str | Path, split: str = "test", *, precision: str = "auto",
+                        batch_size: int = 32) -> dict[str, Any]:
+    """Any model file (a checkpoint, a frequency detector, an ensemble spec) on `split`."""
+    return evaluate(load_predictor(path, precision), data_root, split, batch_size=batch_size)

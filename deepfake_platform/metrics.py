@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 from sklearn import metrics as skm
 
@@ -14,6 +17,11 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if labels.size == 0:
         raise ValueError("no predictions to score: the split is empty.")
     return labels, scores
+
+
+def auc_key(value: float) -> float:
+    """An AUC as a sort key: NaN (undefined) ranks below every real AUC."""
+    return -1.0 if math.isnan(value) else value
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -76,3 +84,31 @@ def classification_report(labels: np.ndarray, scores: np.ndarray, threshold: flo
         "at_0.5": threshold_metrics(labels, scores, 0.5),
         "at_val_threshold": threshold_metrics(labels, scores, threshold),
     }
+
+
+def video_scores(frame_scores: np.ndarray, frame_labels: np.ndarray,
+                 videos: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-video fake probability (the mean of its frames' scores, DeepfakeBench's definition) and label.
+
+    `videos` names each frame's source video; a video whose frames disagree on the label is an error.
+    """
+    frame_labels, frame_scores = _check(frame_labels, frame_scores)
+    if len(videos) != frame_scores.size:
+        raise ValueError(f"{len(videos)} video names for {frame_scores.size} frame scores.")
+    order = sorted(set(videos))
+    index = {name: i for i, name in enumerate(order)}
+    ids = np.array([index[name] for name in videos])
+    sums = np.bincount(ids, weights=frame_scores, minlength=len(order))
+    counts = np.bincount(ids, minlength=len(order))
+    labels = np.full(len(order), -1)
+    for video, label in zip(ids, frame_labels, strict=True):
+        if labels[video] not in (-1, label):
+            raise ValueError(f"the frames of {order[video]} carry both labels; a video is real or fake.")
+        labels[video] = label
+    return sums / counts, labels, order
+
+
+def video_auc(frame_scores: np.ndarray, frame_labels: np.ndarray, videos: Sequence[str]) -> float:
+    """ROC AUC over videos, each scored by the mean of its frames' fake probabilities."""
+    scores, labels, _ = video_scores(frame_scores, frame_labels, videos)
+    return roc_auc(labels, scores)

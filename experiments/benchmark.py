@@ -36,13 +36,12 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deepfake_platform import benchmarking as bench  # noqa: E402
-from deepfake_platform.checkpoints import save_checkpoint  # noqa: E402
-from deepfake_platform.config import REPO_ROOT, ExperimentConfig  # noqa: E402
-from deepfake_platform.data import build_dataset  # noqa: E402
-from deepfake_platform.training import build_detector  # noqa: E402
+from benchmarks import measure as bench
+from deepfake_platform.checkpoints import DetectorCheckpoint, write_checkpoint
+from deepfake_platform.config import REPO_ROOT, ExperimentConfig, with_changes
+from deepfake_platform.data import build_dataset
+from deepfake_platform.training import build_detector
+from models import parameter_table
 
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 MODEL = "hybrid_resnet18_vit_b16"
@@ -121,7 +120,7 @@ def benchmark_config(workdir: Path, data_root: Path, model: str, batch_size: int
     output = {"checkpoints_dir": str(workdir / "checkpoints"), "runs_dir": str(workdir / "runs"),
               "artifacts_dir": str(workdir / "artifacts"), "storage_path": str(workdir / "ray_results"),
               "promote": False}
-    return bench.with_changes(
+    return with_changes(
         ExperimentConfig(name="benchmark"), model={"name": model, "pretrained": "off"},
         data={"root": str(data_root)}, train={"batch_size": batch_size, **train}, output=output,
     )
@@ -129,10 +128,10 @@ def benchmark_config(workdir: Path, data_root: Path, model: str, batch_size: int
 
 def save_random_checkpoint(model: torch.nn.Module, config: ExperimentConfig, path: Path) -> Path:
     """A platform checkpoint of `model`, built by `config` and never trained (speed does not depend on weights)."""
-    return save_checkpoint({
-        "model_state_dict": model.state_dict(), "epoch": 0, "val_auc": math.nan, "val_threshold": 0.5,
-        "config": config.to_dict(), "detector": {"name": config.model.name, "kwargs": dict(model.detector_kwargs)},
-    }, path)
+    return write_checkpoint(DetectorCheckpoint(
+        detector=config.model.name, detector_kwargs=dict(model.detector_kwargs), model_state_dict=model.state_dict(),
+        epoch=0, val_auc=math.nan, val_threshold=0.5, config=config.to_dict(), parameters=parameter_table(model),
+    ), path)
 
 
 # ---- CPU --------------------------------------------------------------------------------------------
@@ -161,7 +160,7 @@ def measure_inference(naive_model: torch.nn.Module, checkpoint: Path, data_root:
                       batch_size: int) -> dict[str, dict[str, Any]]:
     """Naive fp32 inference (on `naive_model`) and the predict path (bf16) on the same batch, interleaved."""
     from deepfake_platform.data import load_image, load_split
-    from deepfake_platform.inference import Predictor
+    from deepfake_platform.predict import Predictor
 
     naive_model.zero_grad(set_to_none=True)  # a training phase may have left its gradients
     predictor = Predictor(checkpoint, precision="bf16")
@@ -192,7 +191,7 @@ def measure_ray(config: ExperimentConfig, checkpoint: Path, data_root: Path, ima
         phases.errors["start a local Ray"] = f"{type(err).__name__}: {err}"
         return
     try:
-        ray_config = bench.with_changes(config, train={"epochs": 2, "max_steps_per_epoch": s.ray_steps})
+        ray_config = with_changes(config, train={"epochs": 2, "max_steps_per_epoch": s.ray_steps})
         phases.run("train through Ray Train", lambda: {
             "train_ray": bench.ray_train_throughput(ray_config, data_root, workdir / "ray_results")})
         phases.run("serve over HTTP", lambda: measure_serve(checkpoint, image, s))
@@ -283,7 +282,7 @@ def run_gpu(args: argparse.Namespace, s: Settings, workdir: Path, phases: Phases
     del model
     for compiled in (False, True):
         mode = "compiled" if compiled else "eager"
-        train_config = bench.with_changes(config, train={"compile": compiled}, scaling={"use_gpu": True})
+        train_config = with_changes(config, train={"compile": compiled}, scaling={"use_gpu": True})
 
         def train(cfg: ExperimentConfig = train_config, mode: str = mode) -> dict[str, dict[str, Any]]:
             loader = bench.synthetic_batches(max(s.train_warmup, s.train_steps), args.gpu_batch, size, device)
@@ -292,7 +291,7 @@ def run_gpu(args: argparse.Namespace, s: Settings, workdir: Path, phases: Phases
             return {f"train_{mode}": run(s.train_steps)}
 
         def infer(compiled: bool = compiled, mode: str = mode) -> dict[str, dict[str, Any]]:
-            from deepfake_platform.inference import Predictor
+            from deepfake_platform.predict import Predictor
 
             predictor = Predictor(checkpoint, device=str(device), precision="bf16", compile=compiled)
             batch = bench.synthetic_batches(1, args.gpu_batch, size, device)[0][0]

@@ -14,44 +14,35 @@ spec artifacts/<name>.pth (weights_only-loadable) and the Serve config serve.ens
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deepfake_platform.checkpoints import file_sha256  # noqa: E402
-from deepfake_platform.cli import user_errors  # noqa: E402
-from deepfake_platform.config import ExperimentConfig  # noqa: E402
-from deepfake_platform.data import load_split  # noqa: E402
-from deepfake_platform.ensemble import (  # noqa: E402
-    EnsembleSpec,
-    MemberSpec,
+from deepfake_platform.checkpoints import file_sha256
+from deepfake_platform.data import load_split, resolve_data_root
+from deepfake_platform.ensemble import EnsembleSpec, MemberSpec, load_member, safe_name, save_ensemble
+from deepfake_platform.metrics import choose_threshold, roc_auc
+from deepfake_platform.orchestration.cli import run_command
+from deepfake_platform.orchestration.ensemble_build import (
+    check_face_presets,
     compare_on_test,
     fit_combiner,
     load_ensemble_config,
-    load_member,
     resolve_members,
-    safe_name,
-    save_ensemble,
     score_members,
     table_rows,
     train_frequency_member,
     write_comparison,
 )
-from deepfake_platform.metrics import choose_threshold, roc_auc  # noqa: E402
-from deepfake_platform.report import json_safe  # noqa: E402
-from deepfake_platform.training import default_data_root  # noqa: E402
-from serve.app import ensemble_serve_config  # noqa: E402
+from deepfake_platform.reporting import write_json, write_text_atomic
+from serve.app import ensemble_serve_config
 
 
 def main(args: argparse.Namespace) -> Path:
     config = load_ensemble_config(args.config, args.set)
-    data_root = default_data_root(args.data or config.data_root or None, ExperimentConfig())
+    data_root = resolve_data_root(args.data, config.data_root, "full", Path.cwd())
     artifacts = Path(config.output.artifacts_dir)
-    member_paths = dict(resolve_members(config.member_configs()))
+    member_paths = dict(resolve_members(config.members))
     if config.frequency.enabled:
         name = safe_name(config.frequency.name)
         print(f"Training the frequency detector on {data_root}/train ...", flush=True)
@@ -59,10 +50,10 @@ def main(args: argparse.Namespace) -> Path:
                                                     artifacts / f"{config.name}_{name}.pth")
     names = list(member_paths)
     members = {name: load_member(path, config.precision) for name, path in member_paths.items()}
+    check_face_presets(members)
     print(f"Scoring {len(members)} members ({', '.join(names)}) on validation and test ...", flush=True)
     val_probabilities, val_labels = val = score_members(members, load_split(data_root, "val"), config.batch_size)
     test = score_members(members, load_split(data_root, "test"), config.batch_size)
-
     combiner = fit_combiner(config.combiner, names, val_probabilities, val_labels, config.weights)
     val_fused = combiner.apply(val_probabilities)
     spec = EnsembleSpec(
@@ -73,22 +64,18 @@ def main(args: argparse.Namespace) -> Path:
         val_auc=roc_auc(val_labels, val_fused),
     )
     spec_path = save_ensemble(spec, artifacts / f"{config.name}.pth")
-
     rows = compare_on_test(names, members, spec, val, test)
     report_dir = Path(config.output.runs_dir).resolve() / config.name / "ensemble"
     report = write_comparison(rows, test[1], report_dir)
-    results = {"data_root": str(data_root), "spec": str(spec_path), "combiner": combiner.to_dict(),
-               "threshold": spec.threshold, "val_auc": spec.val_auc, "members": {n: str(p) for n, p in member_paths.items()},
-               "table": table_rows(rows), "test": {row["name"]: row["metrics"] for row in rows}}
-    (report_dir / "results.json").write_text(json.dumps(json_safe(results), indent=2))
-
+    write_json(report_dir / "results.json", {
+        "data_root": str(data_root), "spec": str(spec_path), "combiner": combiner.to_dict(),
+        "threshold": spec.threshold, "val_auc": spec.val_auc, "members": {n: str(p) for n, p in member_paths.items()},
+        "table": table_rows(rows), "test": {row["name"]: row["metrics"] for row in rows}})
     serve_config = Path(config.output.serve_config)
     # Relative to the working directory, like serve.config's artifacts/best.pth: serve run from the same place.
     model = spec_path.relative_to(Path.cwd()) if spec_path.is_relative_to(Path.cwd()) else spec_path
-    serve_config.write_text(
-        f"# Written by experiments/build_ensemble.py; deploy with `serve run {serve_config}`.\n"
-        + yaml.safe_dump(ensemble_serve_config(model, names), sort_keys=False)
-    )
+    write_text_atomic(serve_config, f"# Written by experiments/build_ensemble.py; deploy with `serve run {serve_config}`.\n"
+                      + yaml.safe_dump(ensemble_serve_config(model, names), sort_keys=False))
     print(Path(report).read_text())
     print(f"Ensemble spec: {spec_path}\nReport: {report}\nServe config: {serve_config} (serve run {serve_config})")
     return report
@@ -104,5 +91,4 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    with user_errors():
-        main(get_args_parser().parse_args())
+    run_command(lambda: main(get_args_parser().parse_args()))

@@ -14,9 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deepfake_platform.data import CLASSES, EXPECTED_LAYOUT, DatasetError, scan_dataset  # noqa: E402
+from deepfake_platform.data import CLASSES, EXPECTED_LAYOUT, DatasetError, scan_dataset
 
 
 def main(args: argparse.Namespace) -> int:

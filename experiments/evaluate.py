@@ -1,24 +1,22 @@
-"""Evaluate any checkpoint on a data split, the way the main job evaluates its best model.
+"""Evaluate any model file on a data split, the way the main job evaluates its best model.
 
     python experiments/evaluate.py --checkpoint checkpoints/RUN/best.pth --data data/embedded
     python experiments/evaluate.py --checkpoint artifacts/best.pth --data DIR --split val --out metrics.json
 
 Prints AUC, average precision, EER and accuracy / precision / recall / F1 at 0.5 and at the threshold
-chosen on validation (saved in the checkpoint), and writes them as JSON with --out.
+chosen on validation (saved in the checkpoint), per video too when the data set was extracted from
+videos, and writes them as JSON with --out. A checkpoint, a frequency detector or an ensemble spec.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deepfake_platform.cli import user_errors  # noqa: E402
-from deepfake_platform.evaluation import evaluate_checkpoint  # noqa: E402
-from deepfake_platform.report import render_metrics_table  # noqa: E402
+from deepfake_platform.evaluation import evaluate_checkpoint
+from deepfake_platform.orchestration.cli import run_command
+from deepfake_platform.orchestration.report import render_metrics_table
+from deepfake_platform.reporting import write_json
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -27,8 +25,11 @@ def main(args: argparse.Namespace) -> dict:
     result = evaluate_checkpoint(args.checkpoint, args.data, args.split, precision=args.precision)
     print(f"{result['model']['name']} ({args.checkpoint}) on {args.split}:")
     print(render_metrics_table(result["metrics"]))
+    if "video" in result:
+        print(f"\nPer video ({len(result['video']['videos'])} videos, each the mean of its frames' scores):")
+        print(render_metrics_table(result["video"]["metrics"]))
     if args.out:
-        Path(args.out).write_text(json.dumps({k: v for k, v in result.items() if k not in ("scores", "labels")}, indent=2))
+        write_json(args.out, {k: v for k, v in result.items() if k not in ("scores", "labels")})
         print(f"Metrics written to {args.out}")
     return result
 
@@ -44,5 +45,4 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    with user_errors():
-        main(get_args_parser().parse_args())
+    run_command(lambda: main(get_args_parser().parse_args()))

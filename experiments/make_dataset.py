@@ -1,6 +1,6 @@
 """Build a forensic data set of real crops and self-blended fakes, offline and deterministically.
 
-    python experiments/make_dataset.py --out data/embedded                     # the default set: 400/100/100
+    python experiments/make_dataset.py --out data/embedded                     # the default set: 240/80/100 at 256 px
     python experiments/make_dataset.py --out /tmp/tiny --train 8 --val 4 --test 4 --size 64
     python experiments/make_dataset.py --out data/mine --real-dir ~/Pictures --seed 1
 
@@ -18,10 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deepfake_platform.data import DEFAULT_COUNTS, build_dataset  # noqa: E402
-from deepfake_platform.data.synth import DEFAULT_SEED, DEFAULT_SIZE  # noqa: E402
+from deepfake_platform.data import DEFAULT_COUNTS, build_dataset
+from deepfake_platform.data.synth import DEFAULT_SEED, DEFAULT_SIZE
 
 
 def main(args: argparse.Namespace) -> None:

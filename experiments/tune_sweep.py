@@ -22,25 +22,20 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deepfake_platform.cli import user_errors  # noqa: E402
-from deepfake_platform.training import ensure_ray  # noqa: E402
-from deepfake_platform.tuning import (  # noqa: E402
+from deepfake_platform.data import resolve_data_root
+from deepfake_platform.orchestration.cli import add_verbose_flag, run_command
+from deepfake_platform.orchestration.cluster import cluster_nodes, ensure_ray
+from deepfake_platform.orchestration.sweep_config import experiment_config, load_sweep_config
+from deepfake_platform.orchestration.train import RunFailed, RunStopped
+from deepfake_platform.orchestration.tuner import (
     SweepOutcome,
     SweepPlan,
-    anchor_outputs,
-    cluster_nodes,
-    experiment_config,
-    join_storage,
     latest_sweep,
-    load_sweep_config,
     make_plan,
-    output_home,
     run_sweep,
-    sweep_data_root,
     tune_state_exists,
 )
+from deepfake_platform.outputs import anchor_outputs, join_storage, output_home
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -59,7 +54,7 @@ def main(args: argparse.Namespace) -> SweepOutcome:
         raise ValueError(f"there is no sweep {sweep.name} to resume under {storage}; drop --resume to start one.")
     name = name or f"{sweep.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
-    ensure_ray()
+    ensure_ray(verbose=args.verbose)
     resume = tune_state_exists(join_storage(storage, name, "tune"))
     if resume:
         plan = SweepPlan.load(Path(base.output.runs_dir) / name / "sweep_plan.json")
@@ -67,14 +62,20 @@ def main(args: argparse.Namespace) -> SweepOutcome:
     elif args.resume:
         raise ValueError(f"sweep {name} has no Tune state under {storage} to resume; drop --resume to start it.")
     else:
-        data_root = sweep_data_root(args.data, base, home)
+        data_root = resolve_data_root(args.data, base.data.root, base.data.embedded, home)
         plan = make_plan(sweep, base, name=name, data_root=data_root, nodes=cluster_nodes())
     print(f"Sweep {name}: {plan.tune['num_samples']} trials of {plan.config.model.name} on {plan.data_root}, "
           f"{plan.trial_sizing.describe()}. Outputs under {home}.", flush=True)
-    outcome = run_sweep(plan, resume=resume, promote_best=base.output.promote and not args.no_promote)
+    try:
+        outcome = run_sweep(plan, resume=resume, promote_best=base.output.promote and not args.no_promote)
+    except KeyboardInterrupt:
+        rerun = " ".join(["python", Path(sys.argv[0]).as_posix(), f"--config={args.config}", "--resume",
+                          f"--name={name}", *([f"--output-root={args.output_root}"] if args.output_root else [])])
+        raise RunStopped(f"Stopped: the finished trials of sweep {name} are kept (checkpoints under "
+                         f"{Path(base.output.checkpoints_dir) / name}). Continue with: {rerun}") from None
     print(f"Report: {outcome.report}")
     if outcome.best_checkpoint is None:
-        sys.exit("error: no trial finished an epoch; the trial errors are in the log above.")
+        raise RunFailed("no healthy trial finished an epoch; the trial lines above say why.")
     if outcome.promoted:
         print(f"Best trial promoted to {outcome.promoted}")
     return outcome
@@ -95,9 +96,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep value, e.g. --set tune.num_samples=4 (repeatable)")
     parser.add_argument("--no-promote", action="store_true", help="do not copy the best model to artifacts/")
+    add_verbose_flag(parser)
     return parser
 
 
 if __name__ == "__main__":
-    with user_errors():
-        main(get_args_parser().parse_args())
+    run_command(lambda: main(get_args_parser().parse_args()))

@@ -14,9 +14,17 @@ import re
 from torch import nn
 
 BACKBONE_NAMES = ("cnn", "vit")
+# The grammar of a freeze mode, whatever the detector; which modes a given detector accepts: freeze_modes().
+FIXED_MODES = ("none", *BACKBONE_NAMES, "backbones")
+FREEZE_MODE_HELP = "none, cnn, vit, backbones or lastK with K a positive integer (e.g. last2)"
 # Layers that sit after the last block: they belong to the top of the network, so 'lastK' trains them.
 TAIL_NAMES = ("norm", "fc_norm", "conv_head", "bn2")
 _LAST_K = re.compile(r"last([1-9][0-9]*)")
+
+
+def is_freeze_mode(mode: str) -> bool:
+    """Whether `mode` is written in the freeze-mode grammar (see FREEZE_MODE_HELP)."""
+    return mode in FIXED_MODES or _LAST_K.fullmatch(mode) is not None
 
 
 def freeze_modes(model: nn.Module) -> list[str]:

@@ -19,8 +19,9 @@ import asyncio
 import hmac
 import math
 import os
+import signal
+import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,67 +29,26 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from PIL import Image
 from pydantic import BaseModel
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from deepfake_platform.checkpoints import file_sha256
-from deepfake_platform.config import build_dataclass
-from deepfake_platform.data import DEFAULT_MAX_PIXELS
-from deepfake_platform.ensemble import (
-    Combiner,
-    load_ensemble,
-    load_member,
-    member_kind,
-    read_member_file,
-    safe_name,
+from deepfake_platform.checkpoints import (
+    CheckpointError,
+    DetectorCheckpoint,
+    EnsembleCheckpoint,
+    file_sha256,
+    read_checkpoint,
 )
+from deepfake_platform.ensemble import Combiner, load_ensemble, safe_name
+from serve.detector import Detector
+from serve.settings import app_args
 from serve.uploads import APIError, Limits, decode_image, read_uploads
 
 HEALTH_TIMEOUT_S = 2.0
-
-
-@dataclass
-class AppArgs:
-    """The `args` of an application in serve.config (unknown keys are errors, as in every config)."""
-
-    # A checkpoint (artifacts/best.pth after training), a frequency detector .pth, or an ensemble spec.
-    model: str = "artifacts/best.pth"
-    # The env var holding the API token; unset or empty: no authentication.
-    token_env: str = "DEEPFAKE_API_TOKEN"
-    max_body_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_batch_files: int = 16
-    # Dynamic batching in each Detector replica.
-    max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.01
-    precision: str = "auto"
-
-
-# ---- the model deployment ------------------------------------------------------------------------
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
-class Detector:
-    """One detector loaded in each replica; `predict` scores single images, batched by Serve."""
-
-    def __init__(self, path: str, precision: str, max_batch_size: int, batch_wait_timeout_s: float):
-        self.member = load_member(path, precision=precision)
-        self.predict.set_max_batch_size(max_batch_size)
-        self.predict.set_batch_wait_timeout_s(batch_wait_timeout_s)
-
-    def info(self) -> dict[str, Any]:
-        """The detector's identity, threshold and validation AUC."""
-        return asdict(self.member.info)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def predict(self, images: list[Image.Image]) -> list[float]:
-        """Fake probabilities for a batch of RGB images (Serve gathers single calls into the list)."""
-        # In a thread, so the replica still answers info() and health checks during a long batch.
-        probabilities = await asyncio.to_thread(self.member.predict_images, images)
-        return [float(p) for p in probabilities]
 
 
 # ---- the HTTP ingress ----------------------------------------------------------------------------
@@ -154,6 +114,13 @@ async def _validation_error(request: Request, err: RequestValidationError) -> JS
     return JSONResponse({"error": f"the request is malformed: {err.errors()}"}, status_code=422)
 
 
+@api.exception_handler(Exception)
+async def _server_error(request: Request, err: Exception) -> JSONResponse:
+    # Whatever went wrong, the client gets the API's JSON with a sentence, not Starlette's plain text.
+    return JSONResponse({"error": f"the server could not answer ({type(err).__name__}); retry the request, and "
+                                  "if it keeps failing, the server's log has the details."}, status_code=500)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 @serve.ingress(api)
 class DeepfakeAPI:
@@ -197,12 +164,40 @@ class DeepfakeAPI:
             raise APIError(401, "missing or wrong API token: send the header `Authorization: Bearer <token>`.",
                            headers={"WWW-Authenticate": "Bearer"})
 
+    async def _score(self, name: str, handle: DeploymentHandle, image: Any, deadline: float) -> float:
+        """One detector's probability for one image. A prediction is idempotent: when the replica serving it
+        dies, it is sent again (to a live or a replacement replica) until `retry_timeout_s` has passed."""
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                # A call made while no replica is alive waits for the replacement: bounded here.
+                return await asyncio.wait_for(handle.predict.remote(image), timeout=max(remaining, 0.001))
+            except RayActorError:
+                attempt += 1
+                if time.monotonic() + 0.5 >= deadline:
+                    raise self._unavailable(name) from None
+                await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
+            except asyncio.TimeoutError:
+                raise self._unavailable(name) from None
+
+    def _unavailable(self, name: str) -> APIError:
+        return APIError(503, f"the detector {name} did not answer within {self.limits.retry_timeout_s:g} s (its replica "
+                             "is restarting or overloaded); retry the request in a few seconds.",
+                        headers={"Retry-After": "5"})
+
     async def _predict(self, uploads: list[tuple[str | None, bytes]], started: float) -> list[dict[str, Any]]:
         await self._load_members()
         images = [await asyncio.to_thread(decode_image, name, data, self.limits.max_pixels) for name, data in uploads]
+        deadline = time.monotonic() + self.limits.retry_timeout_s
         # Every call is sent before any is awaited: the detectors work in parallel and batch the images.
-        calls = [[handle.predict.remote(image) for handle in self.detectors.values()] for image in images]
-        probabilities = np.array([[await call for call in row] for row in calls], dtype=np.float64)
+        calls = [[asyncio.ensure_future(self._score(name, handle, image, deadline))
+                  for name, handle in self.detectors.items()] for image in images]
+        try:
+            probabilities = np.array([[await call for call in row] for row in calls], dtype=np.float64)
+        finally:
+            for call in (call for row in calls for call in row):
+                call.cancel()
         fused = self.combiner.apply(probabilities)
         latency_ms = (time.perf_counter() - started) * 1000.0
         return [
@@ -268,7 +263,7 @@ class DeepfakeAPI:
         if self.combiner.kind == "stacking":
             combiner["coef"] = dict(zip(self.detectors, self.combiner.coef, strict=True))
         return {"model": self.model, "threshold": self.threshold, "combiner": combiner, "members": members,
-                "limits": asdict(self.limits)}
+                "limits": self.limits.to_dict()}
 
 
 # ---- the builder ---------------------------------------------------------------------------------
@@ -283,27 +278,68 @@ def missing_model_message(path: Path) -> str:
     )
 
 
+class ModelUnavailable(RayServeException):
+    """The app cannot start with this model file; a RayServeException, so Serve does not retry the build."""
+
+
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Serve's application builder (`import_path: serve.app:build_app`): checks the model, binds deployments."""
-    options = build_dataclass(AppArgs, dict(args or {}), "the Serve config's args")
+    """Serve's application builder (`import_path: serve.app:build_app`): checks the model, binds deployments.
+
+    A missing or unreadable model ends `serve run` at once with the sentence (see `_end_serve_run`), instead
+    of Serve retrying the build and waiting forever.
+    """
+    options = app_args(args)
     path = Path(options.model).expanduser().resolve()
-    if not path.is_file():
-        raise FileNotFoundError(missing_model_message(path))
+    try:
+        if not path.is_file():
+            raise CheckpointError(missing_model_message(path))
+        record = read_checkpoint(path)
+    except CheckpointError as err:
+        _end_serve_run(f"error: {err}")
+        raise ModelUnavailable(str(err)) from None
     batching = {"precision": options.precision, "max_batch_size": options.max_batch_size,
                 "batch_wait_timeout_s": options.batch_wait_timeout_s}
-    payload = read_member_file(path)
-    if member_kind(payload) == "ensemble":
+    if isinstance(record, EnsembleCheckpoint):
         spec = load_ensemble(path)
         detectors = {m.name: Detector.options(name=f"Detector_{m.name}").bind(m.path, **batching) for m in spec.members}
         combiner, threshold = spec.combiner.to_dict(), spec.threshold
         model = {"name": spec.name, "checkpoint": path.name, "sha256": file_sha256(path)}
     else:
-        name = payload["detector"]["name"] if member_kind(payload) == "torch" else member_kind(payload)
+        name = record.detector if isinstance(record, DetectorCheckpoint) else record.kind
         detectors = {safe_name(name): Detector.bind(str(path), **batching)}
         combiner, threshold, model = Combiner("mean").to_dict(), None, None
-    limits = Limits(options.max_body_bytes, options.max_pixels, options.max_batch_files)
+    limits = Limits(options.max_body_bytes, options.max_pixels, options.max_batch_files, options.retry_timeout_s)
     auth_required = bool(os.environ.get(options.token_env))
     return DeepfakeAPI.bind(detectors, combiner, threshold, model, limits, options.token_env, auth_required)
+
+
+def _end_serve_run(message: str) -> None:
+    """Inside Serve's build task started by `serve run CONFIG`: print `message` on that command's terminal
+    and end it (exit status 129), so a missing model is one sentence and not a start that waits forever.
+
+    `serve run` with a config file builds the app in a Ray task and then waits in a sleep loop that no
+    failure ends; its job's driver is that command. Anywhere else (tests, `serve deploy`, the builder
+    called in-process) this does nothing and the caller's exception speaks.
+    """
+    try:
+        import ray  # ray:
+        from ray.util.state import list_jobs  # ray:
+
+        if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:  # ray:
+            return
+        job_id = ray.get_runtime_context().get_job_id()  # ray:
+        jobs = [job for job in list_jobs(filters=[("job_id", "=", job_id)], raise_on_missing_output=False)]
+        pid = jobs[0].driver_info.pid if jobs and jobs[0].driver_info else None
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid else []
+        if not (command and any(part.endswith(b"serve") for part in command[:2]) and b"run" in command):
+            return
+        with open(f"/proc/{pid}/fd/2", "w") as terminal:  # the command's own stderr, without Ray's prefix
+            terminal.write(message + "\n")
+        # SIGHUP: no handler of Python or Ray catches it (SIGTERM would print a stack trace), and the local
+        # Ray that `serve run` started shares its fate.
+        os.kill(int(pid), signal.SIGHUP)
+    except Exception as err:  # best effort: the exception raised by the caller still reports the problem
+        print(f"could not end `serve run` early ({err!r})", file=sys.stderr)
 
 
 def ensemble_serve_config(ensemble: str | Path, member_names: list[str], app_name: str = "deepfake") -> dict[str, Any]:

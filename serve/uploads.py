@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from PIL import Image
 from starlette.datastructures import UploadFile
@@ -34,11 +34,16 @@ class APIError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may send."""
+    """What one request may send, and how long it may wait for a detector."""
 
     max_body_bytes: int
     max_pixels: int
     max_batch_files: int
+    retry_timeout_s: float = 30.0
+
+    def to_dict(self) -> dict[str, float]:
+        """A JSON-ready dict (shown by GET /models)."""
+        return asdict(self)
 
 
 def content_type(request: Request) -> str:

@@ -56,3 +56,37 @@ def kill_tree(pid: int) -> None:
             os.kill(target, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains `text` (a temp dir only one test's Ray uses), and their children."""
+    found = [int(entry.name) for entry in Path("/proc").iterdir()
+             if entry.name.isdigit() and text in command_line(int(entry.name))]
+    return sorted({pid for root in found for pid in [root, *descendants(root)]})
+
+
+def stop_processes(pids: list[int], grace_s: float = 10.0) -> None:
+    """SIGTERM `pids` (all started by the test), then SIGKILL what is left after `grace_s` seconds."""
+    import time
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

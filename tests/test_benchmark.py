@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepfake_platform import benchmarking as bench
-from deepfake_platform.config import ExperimentConfig
+from benchmarks import measure as bench
+from deepfake_platform.config import ExperimentConfig, with_changes
 from deepfake_platform.data import build_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_precision_parity_trains_both_precisions(tmp_path):
 
 
 def test_platform_runner_reports_data_wait_and_throughput():
-    config = bench.with_changes(ExperimentConfig(), model={"name": "hybrid_tiny", "pretrained": "off"})
+    config = with_changes(ExperimentConfig(), model={"name": "hybrid_tiny", "pretrained": "off"})
     loader = bench.synthetic_batches(3, 4, 64, torch.device("cpu"))
     figures = bench.platform_train_runner(config, loader, torch.device("cpu"))(3)
     assert figures["train_images"] == 12

@@ -1,4 +1,5 @@
-"""Tests for deepfake_platform/ensemble.py and experiments/build_ensemble.py: combiners, specs, members, the report."""
+"""Ensembles: the run-time combiners and spec (deepfake_platform/ensemble.py), the offline build
+(orchestration/ensemble_build.py) and experiments/build_ensemble.py end to end."""
 
 from __future__ import annotations
 
@@ -16,26 +17,31 @@ import yaml
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from deepfake_platform.checkpoints import CheckpointError, file_sha256, save_checkpoint
-from deepfake_platform.config import ConfigError, ExperimentConfig
+from deepfake_platform.checkpoints import CheckpointError, file_sha256
+from deepfake_platform.config import ConfigError
 from deepfake_platform.ensemble import (
     Combiner,
+    EnsemblePredictor,
     EnsembleSpec,
-    FrequencyMember,
     MemberSpec,
-    fit_combiner,
-    fit_stacking,
     load_ensemble,
-    load_ensemble_config,
     load_member,
+    load_predictor,
     mean_combine,
-    resolve_members,
     save_ensemble,
     save_frequency_member,
     stacking_combine,
     weighted_combine,
 )
-from models import FrequencyDetector, create_detector
+from deepfake_platform.orchestration.ensemble_build import (
+    fit_combiner,
+    fit_stacking,
+    load_ensemble_config,
+    resolve_members,
+)
+from deepfake_platform.predict import FrequencyPredictor, Predictor
+from models import FrequencyDetector
+from tests.factories import tiny_checkpoint as write_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 PROBS = np.array([[0.1, 0.9, 0.5], [0.8, 0.6, 0.99], [0.0, 1.0, 0.3]])
@@ -43,15 +49,7 @@ PROBS = np.array([[0.1, 0.9, 0.5], [0.8, 0.6, 0.99], [0.0, 1.0, 0.3]])
 
 def tiny_checkpoint(path: Path, val_auc: float = 0.5, val_threshold: float = 0.4, seed: int = 0) -> Path:
     """A real platform checkpoint of the tiny hybrid (random weights)."""
-    torch.manual_seed(seed)
-    model = create_detector("hybrid_tiny", pretrained_policy="off")
-    config = ExperimentConfig().to_dict()
-    config["model"]["name"] = "hybrid_tiny"
-    return save_checkpoint({
-        "model_state_dict": model.state_dict(), "optimizer_state_dict": {}, "epoch": 1, "val_auc": val_auc,
-        "val_threshold": val_threshold, "config": config,
-        "detector": {"name": "hybrid_tiny", "kwargs": model.detector_kwargs}, "history": [],
-    }, path)
+    return write_tiny(path, val_threshold, val_auc=val_auc, seed=seed, epoch=1)
 
 
 def pictures(n: int, seed: int = 0, size: int = 48) -> tuple[list[Image.Image], list[int]]:
@@ -133,7 +131,7 @@ def test_frequency_member_round_trips_through_a_weights_only_file(tmp_path):
     path = save_frequency_member(detector, tmp_path / "frequency.pth", val_threshold=0.42, val_auc=0.9)
     assert torch.load(path, weights_only=True)["kind"] == "frequency"
     member = load_member(path)
-    assert isinstance(member, FrequencyMember)
+    assert isinstance(member, FrequencyPredictor)
     assert member.info.threshold == pytest.approx(0.42) and member.info.sha256 == file_sha256(path)
     np.testing.assert_allclose(member.predict_images(images), detector.predict_proba(images), rtol=1e-6)
 
@@ -165,7 +163,7 @@ def test_glob_members_keep_the_top_k_by_validation_auc(tmp_path):
                           {"checkpoint": str(tmp_path / "sweep-0" / "best.pth")}]}
     path = tmp_path / "ensemble.yaml"
     path.write_text(yaml.safe_dump(config))
-    resolved = resolve_members(load_ensemble_config(path).member_configs())
+    resolved = resolve_members(load_ensemble_config(path).members)
     assert [(name, p.parent.name) for name, p in resolved] == [
         ("sweep_1", "sweep-1"), ("sweep_2", "sweep-2"), ("hybrid_tiny", "sweep-0")]
 
@@ -176,18 +174,24 @@ def test_ensemble_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="unknown key members\\[0\\].topk"):
         load_ensemble_config(path)
     path.write_text(yaml.safe_dump({"members": [{"checkpoint": "x.pth"}], "combiner": "vote"}))
-    with pytest.raises(ConfigError, match="combiner must be one of"):
+    with pytest.raises(ConfigError, match="combiner: input should be 'mean', 'weighted' or 'stacking'"):
+        load_ensemble_config(path)
+    path.write_text(yaml.safe_dump({"members": []}))
+    with pytest.raises(ConfigError, match="no members"):
+        load_ensemble_config(path)
+    path.write_text(yaml.safe_dump({"members": [{"checkpoint": "a.pth"}], "weights": {"a": "heavy"}}))
+    with pytest.raises(ConfigError, match="weights.a"):
         load_ensemble_config(path)
     missing = tmp_path / "missing.pth"
     path.write_text(yaml.safe_dump({"members": [{"checkpoint": str(missing)}]}))
     with pytest.raises(CheckpointError, match="does not exist. Train one"):
-        resolve_members(load_ensemble_config(path).member_configs())
+        resolve_members(load_ensemble_config(path).members)
 
 
 @pytest.mark.parametrize("name", ["ensemble.yaml", "ensemble_smoke.yaml"])
 def test_shipped_ensemble_configs_load(name):
     config = load_ensemble_config(REPO / "experiments" / "configs" / name)
-    assert config.member_configs() or config.frequency.enabled
+    assert config.members or config.frequency.enabled
 
 
 # ---- build_ensemble.py end to end ----------------------------------------------------------------
@@ -229,6 +233,12 @@ def test_build_ensemble_writes_report_spec_and_serve_config(tmp_path, monkeypatc
     assert 0.0 <= loaded.threshold <= 1.0
     frequency = torch.load(tmp_path / "artifacts" / "tiny_ensemble_frequency.pth", weights_only=True)
     assert frequency["kind"] == "frequency" and 0.0 <= frequency["val_threshold"] <= 1.0
+    # The spec scores through the same predict path as its members: the combiner of their probabilities.
+    ensemble = load_predictor(tmp_path / "artifacts" / "tiny_ensemble.pth", precision="fp32")
+    assert isinstance(ensemble, EnsemblePredictor) and isinstance(ensemble.members["tiny_1"], Predictor)
+    images, _ = pictures(4, size=64)
+    np.testing.assert_allclose(ensemble.predict_images(images),
+                               loaded.apply(ensemble.predict_members(images)), rtol=1e-6)
 
     from ray.serve.schema import ServeDeploySchema
 

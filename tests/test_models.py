@@ -235,11 +235,15 @@ def test_cnn_weights_load_from_a_local_file(tmp_path, suffix, no_pretrained_sour
 def test_single_detector_weights_resample_vit_position_embeddings(tmp_path):
     source = timm.create_model("test_vit", pretrained=False, img_size=96)
     path = tmp_path / "test_vit.pth"
-    torch.save({"model_state_dict": source.state_dict()}, path)  # a wrapped training checkpoint
+    torch.save(source.state_dict(), path)
     model = create_detector("vit_tiny", weights=str(path))
     assert model.pretrained_status == {"vit": f"local file {path}"}
     assert torch.equal(model.vit.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
-    assert model.vit.pos_embed.shape != source.pos_embed.shape
+    assert model.vit.pos_embed.shape != source.pos_embed.shape  # timm resampled them to 64 px
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"model_state_dict": source.state_dict()}, wrapped)  # not a timm state dict: a sentence
+    with pytest.raises(ValueError, match="Is it a timm 'test_vit' state dict"):
+        create_detector("vit_tiny", weights=str(wrapped))
 
 
 def test_missing_weight_file_names_the_config_key(tmp_path):

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from deepfake_platform.checkpoints import load_checkpoint
+from deepfake_platform.checkpoints import read_checkpoint
 from deepfake_platform.config import load_config
 from deepfake_platform.data import build_dataset
-from deepfake_platform.training import build_trainer, ensure_ray
+from deepfake_platform.orchestration.cluster import ensure_ray
+from deepfake_platform.orchestration.train import build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES, VAL_IMAGES = 16, 9
@@ -52,7 +53,7 @@ def train(data_root: Path, out: Path, num_workers: int) -> list[dict[str, float]
         setattr(config.output, key, str(out / key))
     build_trainer(config, data_root).fit()
     last = sorted((out / "checkpoints_dir" / config.name).glob("epoch_*.pth"))[-1]
-    return load_checkpoint(last)["history"]
+    return read_checkpoint(last).history
 
 
 @pytest.mark.ray

@@ -6,9 +6,7 @@ frequency detector) at /ensemble, both behind bearer-token auth, on 2 CPUs.
 
 from __future__ import annotations
 
-import io
 import os
-import socket
 import struct
 import zlib
 from pathlib import Path
@@ -16,12 +14,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
-from deepfake_platform.checkpoints import file_sha256, save_checkpoint
-from deepfake_platform.config import ConfigError, ExperimentConfig, build_dataclass
+from deepfake_platform.checkpoints import file_sha256
+from deepfake_platform.config import ConfigError
 from deepfake_platform.ensemble import (
     Combiner,
     EnsembleSpec,
@@ -30,8 +27,10 @@ from deepfake_platform.ensemble import (
     save_frequency_member,
     weighted_combine,
 )
-from models import FrequencyDetector, create_detector
-from serve.app import AppArgs, build_app
+from models import FrequencyDetector
+from serve.app import ModelUnavailable, build_app
+from serve.settings import AppArgs, app_args
+from tests.factories import encoded, free_port, photo, tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "DEEPFAKE_TEST_API_TOKEN"
@@ -43,31 +42,6 @@ WEIGHTS = [0.7, 0.3]
 TIMEOUT = httpx.Timeout(60.0)
 
 
-def tiny_checkpoint(path: Path, val_threshold: float) -> Path:
-    """A real platform checkpoint of the tiny hybrid (random weights)."""
-    torch.manual_seed(0)
-    model = create_detector("hybrid_tiny", pretrained_policy="off")
-    config = ExperimentConfig().to_dict()
-    config["model"]["name"] = "hybrid_tiny"
-    return save_checkpoint({
-        "model_state_dict": model.state_dict(), "optimizer_state_dict": {}, "epoch": 2, "val_auc": 0.75,
-        "val_threshold": val_threshold, "config": config,
-        "detector": {"name": "hybrid_tiny", "kwargs": model.detector_kwargs}, "history": [],
-    }, path)
-
-
-def encoded(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def photo(seed: int, size: int = 96) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    gradient = np.linspace(0, 255, size)[None, :, None] * np.ones((size, 1, 3))
-    return Image.fromarray(np.clip(gradient + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8))
-
-
 def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels: a decompression bomb's calling card."""
     data = bytearray(encoded(Image.new("L", (1, 1)), "PNG"))
@@ -75,12 +49,6 @@ def png_claiming(width: int, height: int) -> bytes:
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
     return bytes(data)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -285,12 +253,17 @@ def test_serve_config_is_a_multi_app_config_with_a_builder():
     (app,) = config["applications"]
     assert app["route_prefix"] == "/" and app["args"]["model"] == "artifacts/best.pth"
     assert import_attr(app["import_path"]) is build_app
-    build_dataclass(AppArgs, app["args"], "serve.config")  # every arg is one the builder knows
+    assert set(app_args(app["args"]).to_dict()) == set(AppArgs.model_fields)  # every arg is one the builder knows
     assert sum(d["ray_actor_options"]["num_cpus"] for d in app["deployments"]) <= 2
 
 
 def test_missing_model_stops_the_start_with_a_sentence(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no model at .*reproduce_baseline.py"):
+    with pytest.raises(ModelUnavailable, match="no model at .*reproduce_baseline.py"):
         build_app({"model": str(tmp_path / "artifacts" / "best.pth")})
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelUnavailable, match="could not be read as a checkpoint"):
+        build_app({"model": str(tmp_path / "junk.pth")})
     with pytest.raises(ConfigError, match="unknown key modle"):
         build_app({"modle": "artifacts/best.pth"})
+    with pytest.raises(ConfigError, match="retry_timeout_s"):
+        build_app({"retry_timeout_s": -1})

@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serve.app import build_app
-from tests.test_serve import encoded, free_port, photo, tiny_checkpoint
+from tests.factories import encoded, free_port, photo, tiny_checkpoint
 
 APP = "reliability"
 TOKEN_ENV = "DEEPFAKE_RELIABILITY_TEST_TOKEN"

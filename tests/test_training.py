@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from deepfake_platform.checkpoints import load_checkpoint
-from deepfake_platform.report import SECTIONS
+from deepfake_platform.checkpoints import read_checkpoint
+from deepfake_platform.orchestration.report import SECTIONS
 from deepfake_platform.training import ShardSampler
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "reproduce_baseline.py"
-CHECKPOINT_KEYS = {"model_state_dict", "optimizer_state_dict", "epoch", "val_auc", "val_threshold", "config", "detector"}
 
 
 def run_job(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -43,13 +42,12 @@ def test_smoke_run_then_resume(tmp_path, data_root):
     epoch_files = sorted(checkpoints.glob("epoch_*_auc_*.pth"))
     assert [p.name[:9] for p in epoch_files] == ["epoch_000", "epoch_001"]
     for path in [*epoch_files, checkpoints / "best.pth"]:
-        payload = load_checkpoint(path)  # weights_only=True inside
-        assert CHECKPOINT_KEYS <= payload.keys()
-        assert payload["detector"]["name"] == "hybrid_tiny"
-        assert payload["config"]["name"] == "X"
-        assert f"{payload['val_auc']:.4f}" in path.name or path.name == "best.pth"
-    best = load_checkpoint(checkpoints / "best.pth")
-    assert best["val_auc"] == max(load_checkpoint(p)["val_auc"] for p in epoch_files)
+        record = read_checkpoint(path)  # weights_only=True inside
+        assert record.optimizer_state_dict and record.detector == "hybrid_tiny" and record.config["name"] == "X"
+        assert record.parameters["total"] > 0 and len(record.val_scores["real"]) + len(record.val_scores["fake"]) == 9
+        assert f"{record.val_auc:.4f}" in path.name or path.name == "best.pth"
+    best = read_checkpoint(checkpoints / "best.pth")
+    assert best.val_auc == max(read_checkpoint(p).val_auc for p in epoch_files)
 
     run_dir = tmp_path / "runs" / "X"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -60,8 +58,8 @@ def test_smoke_run_then_resume(tmp_path, data_root):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test"]["metrics"]["n"] == 8
     assert [row["epoch"] for row in results["history"]] == [0, 1]
-    promoted = load_checkpoint(tmp_path / "artifacts" / "best.pth")
-    assert "optimizer_state_dict" not in promoted and promoted["epoch"] == best["epoch"]
+    promoted = read_checkpoint(tmp_path / "artifacts" / "best.pth")
+    assert promoted.optimizer_state_dict is None and promoted.epoch == best.epoch
     assert json.loads((tmp_path / "artifacts" / "best.json").read_text())["run"] == "X"
 
     before = {p.name: p.stat().st_mtime_ns for p in epoch_files}
@@ -70,22 +68,21 @@ def test_smoke_run_then_resume(tmp_path, data_root):
     after = sorted(checkpoints.glob("epoch_*_auc_*.pth"))
     assert [p.name[:9] for p in after] == ["epoch_000", "epoch_001", "epoch_002"]
     assert {p.name: p.stat().st_mtime_ns for p in after if p.name in before} == before  # 0 and 1 not retrained
-    third = load_checkpoint(after[-1])
-    assert third["epoch"] == 2
-    assert [row["epoch"] for row in third["history"]] == [0, 1, 2]
+    third = read_checkpoint(after[-1])
+    assert third.epoch == 2
+    assert [row["epoch"] for row in third.history] == [0, 1, 2]
     assert "## Training by epoch" in (run_dir / "RESULTS.md").read_text()
 
 
-def test_resume_past_the_last_epoch_is_a_sentence(tmp_path, data_root):
-    from deepfake_platform.checkpoints import CheckpointError, save_checkpoint
-    from deepfake_platform.config import load_config
-    from deepfake_platform.training import run_training
+def test_resume_past_the_last_epoch_is_a_sentence(tmp_path):
+    from deepfake_platform.checkpoints import CheckpointError
+    from deepfake_platform.orchestration.train import check_resume
+    from tests.factories import tiny_checkpoint
 
-    config = load_config(REPO / "experiments" / "configs" / "smoke.yaml", ["train.epochs=2"])
-    path = save_checkpoint({"model_state_dict": {}, "epoch": 1, "val_auc": 0.5, "config": config.to_dict(),
-                            "detector": {"name": "hybrid_tiny", "kwargs": {}}}, tmp_path / "e1.pth")
+    path = tiny_checkpoint(tmp_path / "e1.pth", epoch=1)
     with pytest.raises(CheckpointError, match="pass --epochs above 2"):
-        run_training(config, data_root, resume_from=str(path))
+        check_resume(str(path), epochs=2)
+    check_resume(str(path), epochs=3)
 
 
 def test_bad_cli_input_is_one_line_not_a_traceback(tmp_path):

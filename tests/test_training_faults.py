@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deepfake_platform.checkpoints import load_checkpoint
+from deepfake_platform.checkpoints import read_checkpoint
 from deepfake_platform.data import build_dataset
 from tests.proctools import find_descendant, kill_tree
 
@@ -55,11 +55,11 @@ def assert_complete_and_consistent(workdir: Path, name: str) -> None:
     files = epoch_files(workdir, name)
     assert [p.name[:9] for p in files] == [f"epoch_{e:03d}" for e in range(EPOCHS)]  # none lost or duplicated
     for epoch, path in enumerate(files):
-        payload = load_checkpoint(path)
-        assert payload["epoch"] == epoch
-        assert [int(row["epoch"]) for row in payload["history"]] == list(range(epoch + 1))
-    best = load_checkpoint(workdir / "checkpoints" / name / "best.pth")
-    assert best["val_auc"] == max(load_checkpoint(p)["val_auc"] for p in files)
+        record = read_checkpoint(path)
+        assert record.epoch == epoch
+        assert [int(row["epoch"]) for row in record.history] == list(range(epoch + 1))
+    best = read_checkpoint(workdir / "checkpoints" / name / "best.pth")
+    assert best.val_auc == max(read_checkpoint(p).val_auc for p in files)
     assert (workdir / "runs" / name / "RESULTS.md").is_file()
 
 

@@ -1,5 +1,5 @@
 """Ray Tune sweeps: the sweep file, trial sizing, the results, and the smoke sweep end to end on a real
-Ray: killed and resumed without rerunning finished trials, and submitted with `ray job submit`."""
+Ray, stopped and resumed without rerunning finished trials (`ray job submit`: tests/test_jobs.py)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,20 @@ import csv
 import glob
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from deepfake_platform.checkpoints import load_checkpoint
+from deepfake_platform.checkpoints import read_checkpoint
 from deepfake_platform.config import ConfigError
-from deepfake_platform.tuning import (
-    experiment_config,
-    load_sweep_config,
-    output_home,
-    plot_auc_vs_lr,
-    size_trials,
-    trial_row,
-    write_table,
-)
+from deepfake_platform.orchestration.sweep_config import experiment_config, load_sweep_config
+from deepfake_platform.orchestration.sweep_report import plot_auc_vs_lr, trial_row, write_table
+from deepfake_platform.orchestration.tuner import size_trials
+from deepfake_platform.outputs import output_home
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "tune_sweep.py"
@@ -196,10 +188,10 @@ def check_sweep_outputs(out: Path, name: str, trials: int) -> list[dict[str, str
         assert section in report
     best = table[0]
     assert (run_dir / best["trial"] / "RESULTS.md").is_file()
-    promoted = load_checkpoint(out / "artifacts" / "best.pth")
-    assert "optimizer_state_dict" not in promoted
-    assert promoted["config"]["name"] == f"{name}/{best['trial']}"
-    assert promoted["val_auc"] == pytest.approx(float(best["best_val_auc"]))
+    promoted = read_checkpoint(out / "artifacts" / "best.pth")
+    assert promoted.optimizer_state_dict is None
+    assert promoted.config["name"] == f"{name}/{best['trial']}"
+    assert promoted.val_auc == pytest.approx(float(best["best_val_auc"]))
     assert json.loads((out / "artifacts" / "best.json").read_text())["run"] == f"{name}/{best['trial']}"
     return table
 
@@ -240,68 +232,3 @@ def test_sweep_killed_then_resumed_keeps_finished_trials(tmp_path, data_root):
         assert mtimes(out / "ray_results" / name / "train" / trial) == kept_runs[trial]
     table = check_sweep_outputs(out, name, trials=3)
     assert set(finished) <= {row["trial"] for row in table}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def ray_head(tmp_path):
-    """`ray start --head` on ports and a temp dir of its own; yields the dashboard (job API) address."""
-    gcs, dashboard, client, agent = (free_port() for _ in range(4))
-    url = f"http://127.0.0.1:{dashboard}"
-    temp_dir = Path(f"/tmp/rh{os.getpid()}")  # short: Ray's unix socket paths have a length limit
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
-           # Ray Train's placement-group cleaner must ask this cluster, not another one on this machine.
-           "RAY_API_SERVER_ADDRESS": url,
-           # No Serve here to drain: stop at once on SIGTERM instead of waiting 30 s.
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
-    env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen(
-        [f"{VENV_BIN}/ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
-         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}", "--num-cpus=2",
-         "--include-dashboard=true", f"--temp-dir={temp_dir}"],
-        env=env, stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/version", timeout=2)
-                break
-            except OSError:
-                assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "head.log").read_text()
-                time.sleep(1)
-        yield url, env
-    finally:
-        head.send_signal(signal.SIGTERM)  # --block: ray stops the processes it started, only those
-        try:
-            head.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_ray_job_submit_runs_the_smoke_sweep(tmp_path, data_root, ray_head):
-    url, env = ray_head
-    out, name = tmp_path / "out", "job"
-    # `python` is the venv's (PATH above), as for a user with the venv activated.
-    submitted = subprocess.run(
-        [f"{VENV_BIN}/ray", "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
-         "python", "experiments/tune_sweep.py", "--config", "experiments/configs/sweep_smoke.yaml",
-         "--output-root", str(out), "--data", str(data_root), "--name", name],
-        env=env, capture_output=True, text=True, timeout=360,
-    )
-    assert submitted.returncode == 0 and "succeeded" in submitted.stdout + submitted.stderr, (
-        submitted.stdout[-4000:] + submitted.stderr[-2000:]
-    )
-    check_sweep_outputs(out, name, trials=3)
-    # Nothing was written into the uploaded working dir (a temporary copy that Ray deletes).
-    assert not (REPO / "runs" / name).exists()

@@ -20,6 +20,15 @@ from deepfake_platform.data.scan import (
     load_split,
     scan_dataset,
 )
+from deepfake_platform.data.sets import (
+    FACES_MANIFEST_FILE,
+    FACES_PRESET_FILE,
+    build_training_set,
+    build_validation_set,
+    face_preset_of,
+    resolve_data_root,
+    source_videos,
+)
 from deepfake_platform.data.synth import (
     DEFAULT_COUNTS,
     DEFAULT_DATA_DIR,
@@ -39,6 +48,8 @@ __all__ = [
     "CLASSES", "DEFAULT_COUNTS", "DEFAULT_DATA_DIR", "EMBEDDED_SETS", "DEFAULT_MAX_PIXELS", "EXPECTED_LAYOUT",
     "IMAGE_EXTENSIONS", "MANIFEST_NAME", "SPLITS", "BadImageError", "DatasetError", "ImageRecord",
     "ScanResult", "build_dataset", "ensure_embedded_dataset", "load_image", "load_split", "scan_dataset",
+    "FACES_MANIFEST_FILE", "FACES_PRESET_FILE", "build_training_set", "build_validation_set", "face_preset_of",
+    "resolve_data_root", "source_videos",
     *_NEEDS_TORCH,
 ]
 

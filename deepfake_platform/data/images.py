@@ -61,7 +61,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in _WIDE_GREY_MODES:
-        grey = Image.fromarray(_wide_grey_to_uint8(np.asarray(image, dtype=np.float64), image.mode))
+        grey = Image.fromarray(_wide_grey_to_uint8(np.asarray(image, dtype=np.float32), image.mode))
         return grey.convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         # Going through RGBA keeps Pillow from warning about byte-coded palette transparency.
@@ -70,9 +70,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _wide_grey_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    # float32 and in place: one extra copy of the pixels at most, whatever the image's size.
+    values = np.asarray(values, dtype=np.float32)
+    if not values.flags.writeable:
+        values = values.copy()
     peak = values.max(initial=0.0)
     if mode == "F" and peak <= 1.0:
-        values = values * 255.0  # a float image in [0, 1]
+        values *= 255.0  # a float image in [0, 1]
     elif mode.startswith("I;16") or peak > 255.0:
-        values = values / 257.0  # the 16-bit range onto 8 bits
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        values /= 257.0  # the 16-bit range onto 8 bits
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)

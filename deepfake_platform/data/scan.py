@@ -124,9 +124,10 @@ class ScanResult:
 
 
 def resolve_layout(
-    root: Path, splits: tuple[str, ...] = SPLITS
+    root: Path, splits: tuple[str, ...] = SPLITS, classes: tuple[str, ...] = CLASSES
 ) -> tuple[dict[str, dict[int, Path]], list[str]]:
-    """Map each split and label to its folder under `root`, accepting the usual name variants."""
+    """Map each split and label to its folder under `root`, accepting the usual name variants; a class
+    not in `classes` may be missing (real faces alone, for training on self-blended pseudo-fakes)."""
     folders: dict[str, dict[int, Path]] = {}
     problems: list[str] = []
     for split in splits:
@@ -135,7 +136,10 @@ def resolve_layout(
             continue
         folders[split] = {}
         for label, name in enumerate(CLASSES):
-            class_dir = _find_child(split_dir, CLASS_ALIASES[name], f"{split_dir.name}/", problems)
+            found: list[str] = []
+            class_dir = _find_child(split_dir, CLASS_ALIASES[name], f"{split_dir.name}/", found)
+            if name in classes or class_dir is not None:
+                problems += found
             if class_dir is not None:
                 folders[split][label] = class_dir
     return folders, problems
@@ -156,7 +160,7 @@ def _find_child(parent: Path, aliases: tuple[str, ...], where: str, problems: li
 
 def scan_dataset(
     root: str | Path, manifest_path: str | Path | None = None, *, splits: tuple[str, ...] = SPLITS,
-    write_manifest: bool = True,
+    write_manifest: bool = True, classes: tuple[str, ...] = CLASSES,
 ) -> ScanResult:
     """Scan `root`, decoding only files that are new or changed since the manifest was written."""
     root = Path(root).expanduser().resolve()
@@ -167,7 +171,7 @@ def scan_dataset(
         raise ValueError(f"unknown split(s) {sorted(unknown)}; choose from {', '.join(SPLITS)}.")
     manifest_path = Path(manifest_path) if manifest_path else root / MANIFEST_NAME
     previous = read_manifest(manifest_path)
-    folders, layout_problems = resolve_layout(root, splits)
+    folders, layout_problems = resolve_layout(root, splits, classes)
 
     found: list[ImageRecord] = []
     ignored: list[str] = []
@@ -257,9 +261,10 @@ def _write_manifest(path: Path, records: list[ImageRecord]) -> None:
         )
 
 
-def load_split(root: str | Path, split: str, manifest: str | Path | None = None) -> list[tuple[str, int]]:
+def load_split(root: str | Path, split: str, manifest: str | Path | None = None, *,
+               require_classes: tuple[str, ...] = CLASSES) -> list[tuple[str, int]]:
     """(absolute path, label) of one split's readable images; unreadable ones are skipped with a warning."""
-    result = scan_dataset(root, manifest, splits=(split,))
+    result = scan_dataset(root, manifest, splits=(split,), classes=require_classes)
     if result.bad_files:
         shown = "; ".join(f"{path}: {reason}" for path, reason in result.bad_files[:20])
         more = f"; and {len(result.bad_files) - 20} more" if len(result.bad_files) > 20 else ""

@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import json
-import math
-import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from deepfake_platform.reporting import cell, plot_roc, write_json, write_text_atomic
 
 SECTIONS = (
     "## Best model",
@@ -25,46 +25,14 @@ SECTIONS = (
 )
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
-    return str(value)
-
-
-def hardware_summary(device: str, num_workers: int, cpus_per_worker: float, precision: str) -> dict[str, Any]:
-    """The machine and software a run used, for the report."""
-    import ray
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "device": device,
-        "cpu": cpu,
-        "logical_cpus": __import__("os").cpu_count(),
-        "num_workers": num_workers,
-        "cpus_per_worker": cpus_per_worker,
-        "precision": precision,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-    }
-
-
 def _metric_rows(test: dict[str, Any]) -> list[str]:
     at_val, at_half = test["at_val_threshold"], test["at_0.5"]
     rows = [
-        "| metric | at 0.5 | at validation threshold ({}) |".format(_fmt(at_val["threshold"])),
+        "| metric | at 0.5 | at validation threshold ({}) |".format(cell(at_val["threshold"])),
         "| --- | --- | --- |",
     ]
     for key in ("accuracy", "precision", "recall", "f1"):
-        rows.append(f"| {key} | {_fmt(at_half[key])} | {_fmt(at_val[key])} |")
+        rows.append(f"| {key} | {cell(at_half[key])} | {cell(at_val[key])} |")
     cm_half, cm_val = at_half["confusion_matrix"], at_val["confusion_matrix"]
     rows.append(
         "| confusion (tn/fp/fn/tp) | {tn}/{fp}/{fn}/{tp} | ".format(**cm_half)
@@ -77,7 +45,7 @@ def render_metrics_table(metrics: dict[str, Any]) -> str:
     """The test-metrics tables (threshold-free metrics, then at 0.5 and at the validation threshold)."""
     lines = ["| metric | value |", "| --- | --- |"]
     for key, label in (("auc", "ROC AUC"), ("average_precision", "average precision"), ("eer", "equal error rate")):
-        lines.append(f"| {label} | {_fmt(metrics[key])} |")
+        lines.append(f"| {label} | {cell(metrics[key])} |")
     return "\n".join(lines + [""] + _metric_rows(metrics))
 
 
@@ -94,9 +62,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += [
         f"| detector | `{results['detector']}` |",
         f"| best epoch (validation AUC) | {best['epoch']} |",
-        f"| validation AUC | {_fmt(best['val_auc'])} |",
-        f"| decision threshold (chosen on validation) | {_fmt(best['val_threshold'])} |",
-        f"| test AUC | {_fmt(test['auc'])} |",
+        f"| validation AUC | {cell(best['val_auc'])} |",
+        f"| decision threshold (chosen on validation) | {cell(best['val_threshold'])} |",
+        f"| test AUC | {cell(test['auc'])} |",
         f"| checkpoint | `{best['checkpoint']}` |",
     ]
     if results.get("promoted"):
@@ -110,8 +78,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     for row in history:
         mark = "**best**" if int(row["epoch"]) == int(best["epoch"]) else ""
         lines.append(
-            f"| {int(row['epoch'])} | {_fmt(row['train_loss'])} | {_fmt(row['val_loss'])} | {_fmt(row['val_auc'])} "
-            f"| {_fmt(row['images_per_s'], 2)} | {_fmt(row['epoch_time_s'], 1)} | {mark} |"
+            f"| {int(row['epoch'])} | {cell(row['train_loss'])} | {cell(row['val_loss'])} | {cell(row['val_auc'])} "
+            f"| {cell(row['images_per_s'], 2)} | {cell(row['epoch_time_s'], 1)} | {mark} |"
         )
     lines += ["", "![Training curves](training_curves.png)", ""]
 
@@ -166,27 +134,6 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_roc(labels: np.ndarray, scores: np.ndarray, path: Path, title: str) -> Path:
-    """ROC curve PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    if len(np.unique(labels)) == 2:
-        fpr, tpr, _ = roc_curve(labels, scores)
-        ax.plot(fpr, tpr, label="detector")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def plot_training_curves(history: list[dict[str, float]], path: Path) -> Path:
     """Train / validation loss and validation AUC per epoch, PNG."""
     import matplotlib
@@ -208,25 +155,12 @@ def plot_training_curves(history: list[dict[str, float]], path: Path) -> Path:
     return path
 
 
-def json_safe(value: Any) -> Any:
-    """`value` with NaN turned into None, so the JSON is strict."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def write_report(results: dict[str, Any], run_dir: Path) -> Path:
     """Write RESULTS.md, results.json, roc_test.png and training_curves.png; return RESULTS.md."""
     run_dir.mkdir(parents=True, exist_ok=True)
     test = results["test"]
-    plot_roc(np.asarray(test["labels"]), np.asarray(test["scores"]), run_dir / "roc_test.png",
-             f"ROC on test (AUC {_fmt(test['metrics']['auc'])})")
+    plot_roc([("detector", np.asarray(test["labels"]), np.asarray(test["scores"]))], run_dir / "roc_test.png",
+             "ROC on test")
     plot_training_curves(results["history"], run_dir / "training_curves.png")
-    (run_dir / "results.json").write_text(json.dumps(json_safe(results), indent=2))
-    report = run_dir / "RESULTS.md"
-    report.write_text(render_markdown(results))
-    return report
+    write_json(run_dir / "results.json", results)
+    return write_text_atomic(run_dir / "RESULTS.md", render_markdown(results))

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepfake_platform.config import ExperimentConfig, config_from_dict
-from deepfake_platform.inference import Predictor, cpu_supports_bf16, resolve_precision
+from deepfake_platform.config import ExperimentConfig, with_changes
+from deepfake_platform.hardware import cpu_model
+from deepfake_platform.orchestration.train import build_trainer
+from deepfake_platform.predict import Predictor, cpu_supports_bf16, resolve_precision
 from deepfake_platform.training import (
     build_optimizer,
-    build_trainer,
     compile_if_configured,
     image_size_for,
     make_loaders,
@@ -126,12 +127,23 @@ def images_per_s(step: Callable[[], int], steps: int, device: torch.device) -> d
     return {"images_per_s": images / elapsed, "images": float(images), "seconds": elapsed}
 
 
-def matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 8) -> float:
-    """FLOP/s of a square `dtype` matmul on all threads: the hardware's practical peak, for utilisation figures."""
+def matmul_flops(dtype: torch.dtype, device: torch.device, max_size: int = 2048, budget_s: float = 3.0) -> float:
+    """FLOP/s of square `dtype` matmuls on all threads: the hardware's practical peak, for utilisation figures.
+
+    The size grows from 256 until one matmul takes a tenth of the budget (or reaches `max_size`), so a dtype
+    the CPU only emulates (bf16 without AVX-512 BF16 or AMX) is measured in seconds, not minutes.
+    """
     generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=generator).to(device, dtype) for _ in range(2))
-    a @ b  # warm-up: thread pool and kernel selection
-    synchronize(device)
+    size, elapsed = 128, 0.0
+    while size < max_size and elapsed < budget_s / 10:
+        size *= 2
+        a, b = (torch.randn(size, size, generator=generator).to(device, dtype) for _ in range(2))
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b  # also the warm-up: thread pool and kernel selection
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+    repeats = max(2, min(16, int(budget_s / max(elapsed, 1e-6))))
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
@@ -327,21 +339,13 @@ def precision_parity(config: ExperimentConfig, data_root: Path,
         torch.manual_seed(seed)
         model = prepare_detector(run_config, device)
         optimizer = build_optimizer(model, run_config)
-        train_loader, val_loader, sampler = make_loaders(run_config, data_root, image_size_for(run_config, model), 0, 1)
+        train_loader, val_loader = make_loaders(run_config, data_root, image_size_for(run_config, model), 0, 1)
         for epoch in range(run_config.train.epochs):
-            sampler.set_epoch(epoch)
+            train_loader.sampler.set_epoch(epoch)
             stats = train_one_epoch(model, train_loader, optimizer, device, precision, epoch=epoch)
         runs[precision]["train_loss"].append(float(stats["train_loss"]))
         runs[precision]["val_auc"].append(float(validate(model, val_loader, device, precision)["val_auc"]))
     return runs
-
-
-def with_changes(config: ExperimentConfig, **sections: dict[str, Any]) -> ExperimentConfig:
-    """A validated copy of `config` with keys of its sections changed, e.g. train={"precision": "fp32"}."""
-    data = config.to_dict()
-    for section, changes in sections.items():
-        data[section].update(changes)
-    return config_from_dict(data, "the benchmark's config")
 
 
 def parity_summary(runs: dict[str, dict[str, list[float]]]) -> dict[str, float]:
@@ -370,11 +374,7 @@ def machine_info(device: torch.device) -> dict[str, str]:
     import ray
     import timm
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
+    cpu = cpu_model()
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     return {

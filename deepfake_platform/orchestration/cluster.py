@@ -1,0 +1,123 @@
+"""Connecting to Ray: join the cluster the user points at, or start a local one, with a quiet console.
+
+`ensure_ray` is the one place a job meets Ray: under `ray job submit` it joins the job's cluster; with
+`RAY_ADDRESS` set it joins that cluster (shipping this project's packages, so a clone runs on a
+cluster where nothing is installed); otherwise it joins a cluster started on this machine with
+`ray start --head`, or starts a private local Ray. A cluster that wants an authentication token the
+client does not send is a sentence saying what to set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from deepfake_platform.config import REPO_ROOT
+
+# What each Ray worker needs to know about the console: tqdm_ray bars, no print patch (it doubles lines).
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
+class ClusterError(RuntimeError):
+    """A Ray cluster that cannot be joined as configured."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def auth_hint(address: str | None) -> str:
+    """The sentence for a cluster that refused this client's (missing) token."""
+    where = f"the Ray cluster at {address}" if address else "the running Ray cluster"
+    return (
+        f"{where} refused this client: it requires Ray's authentication token and none was sent. Copy the "
+        "cluster's token to ~/.ray/auth_token (or set RAY_AUTH_TOKEN), run `export RAY_AUTH_MODE=token`, and rerun "
+        "the command (or check that a Ray cluster runs at that address)."
+    )
+
+
+def token_available() -> bool:
+    """Whether this machine holds a Ray authentication token for clients to send."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path("~/.ray/auth_token").expanduser())
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
+
+
+def ensure_ray(*, verbose: bool = False) -> bool:
+    """Join or start Ray as described above; True when this call started a local Ray (stop it when done)."""
+    address = os.environ.get("RAY_ADDRESS")
+    if address and address != "local" and "RAY_AUTH_MODE" not in os.environ and token_available():
+        # What Ray does itself when joining a cluster found on this machine: send the token it holds. Set
+        # before Ray is imported, which reads it then.
+        os.environ["RAY_AUTH_MODE"] = "token"
+    import ray  # ray:
+
+    if ray.is_initialized():
+        return False
+    os.environ.update(WORKER_ENV)  # inherited by a local Ray's workers
+    options: dict[str, Any] = {"log_to_driver": True}
+    if not verbose:
+        # Ray's own INFO lines go to its log files; warnings and errors still reach the console.
+        options["logging_level"] = "WARNING"
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # A `ray job submit` entrypoint: the job's working dir already carries the code to every node.
+        _init(ray, None, {**options, "runtime_env": {"env_vars": WORKER_ENV}})
+        return False
+    if address and address != "local":
+        # A cluster that refuses the client retries for a minute by default: ten seconds say as much.
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "10")
+        # Ship the project's packages, so a clone runs on a cluster where nothing is installed.
+        packages = [str(REPO_ROOT / name) for name in ("deepfake_platform", "models")]
+        _init(ray, address, {**options, "runtime_env": {"py_modules": packages, "env_vars": WORKER_ENV}})
+        return False
+    if address != "local":
+        try:  # a cluster started on this machine with `ray start --head`
+            _init(ray, "auto", {**options, "runtime_env": {"env_vars": WORKER_ENV}})
+            return False
+        except ConnectionError:
+            pass
+    # A private local Ray. Ray Train's placement-group cleaner asks the State API for "the" Ray on this
+    # machine; with several running it gives up and a stopped trial's placement group leaks: point it here.
+    port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    _init(ray, "local", {**options, "include_dashboard": True, "dashboard_port": port,
+                         "runtime_env": {"env_vars": {**WORKER_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}})
+    return True
+
+
+def _init(ray: Any, address: str | None, options: dict[str, Any]) -> None:
+    from ray.exceptions import AuthenticationError  # ray:
+
+    try:
+        ray.init(address=address, **options)  # ray:
+    except AuthenticationError as err:
+        raise ClusterError(auth_hint(address)) from err
+    except (RuntimeError, ConnectionError) as err:
+        text = f"{err} {err.__cause__}"
+        if address in (None, "auto") and isinstance(err, ConnectionError) and "authenticat" not in text.lower():
+            raise  # no cluster on this machine: the caller starts one
+        if os.environ.get("RAY_AUTH_MODE") != "token" or "authenticat" in text.lower():
+            raise ClusterError(auth_hint(address)) from err
+        raise ClusterError(f"could not join the Ray cluster at {address}: {err}") from err
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """The resources of every alive node of the connected Ray cluster."""
+    import ray  # ray:
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node["Alive"]]  # ray:
+
+
+def cpus_per_worker(configured: float, num_workers: int) -> float:
+    """The configured CPUs per worker, or the cluster's CPUs split evenly between the workers."""
+    import ray  # ray:
+
+    if configured:
+        return configured
+    total = ray.cluster_resources().get("CPU", 1.0)  # ray:
+    return max(1.0, math.floor(total / num_workers))

@@ -1,0 +1,70 @@
+"""After training: test the best checkpoint, write the report, promote the model the server loads."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from deepfake_platform.checkpoints import (
+    DetectorCheckpoint,
+    describe_parameters,
+    read_checkpoint,
+    write_checkpoint,
+)
+from deepfake_platform.config import save_config
+from deepfake_platform.evaluation import evaluate_record
+from deepfake_platform.hardware import machine_summary
+from deepfake_platform.orchestration.report import write_report
+from deepfake_platform.orchestration.train import TrainingOutcome
+from deepfake_platform.reporting import write_json
+
+
+def finalize_run(outcome: TrainingOutcome, data_root: Path, *, promote_best: bool = True) -> Path:
+    """Evaluate the best checkpoint on test, write runs/<run>/RESULTS.md and friends, promote; the report's path."""
+    config, paths = outcome.config, outcome.paths
+    best = read_checkpoint(outcome.best_checkpoint, DetectorCheckpoint)
+    test = evaluate_record(best, outcome.best_checkpoint, data_root, "test")
+    checkpoints = sorted(p.name for p in paths.checkpoints.glob("*.pth"))
+    results: dict[str, Any] = {
+        "run": config.name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data_root": str(data_root),
+        "detector": best.detector,
+        "detector_kwargs": best.detector_kwargs,
+        "image_size": test["model"]["image_size"],
+        "pretrained_status": best.pretrained_status,
+        "config": config.to_dict(),
+        "best": {"epoch": best.epoch, "val_auc": best.val_auc, "val_threshold": best.val_threshold,
+                 "checkpoint": str(outcome.best_checkpoint)},
+        "test": test,
+        "history": _full_history(paths.checkpoints, best.history),
+        "parameters": describe_parameters(best),
+        "hardware": machine_summary(
+            "cuda" if config.scaling.use_gpu else "cpu", config.scaling.num_workers, config.scaling.cpus_per_worker,
+            best.precision or config.train.precision,
+        ),
+        "timing": {"total_s": outcome.wall_time_s, "epochs_s": outcome.epoch_time_s},
+        "checkpoints": [str(paths.checkpoints / name) for name in checkpoints],
+        "promoted": None,
+    }
+    if promote_best:
+        summary = {"run": config.name, "best": results["best"], "test": test["metrics"]}
+        results["promoted"] = str(promote(best, paths.artifacts, summary))
+    save_config(config, paths.run_dir / "config.yaml")
+    return write_report(results, paths.run_dir)
+
+
+def _full_history(checkpoints_dir: Path, best_history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Every epoch's metrics: the best checkpoint's history stops at the best epoch, the last one's does not."""
+    latest = sorted(checkpoints_dir.glob("epoch_*.pth"))
+    if not latest:
+        return best_history
+    return read_checkpoint(latest[-1], DetectorCheckpoint).history
+
+
+def promote(best: DetectorCheckpoint, artifacts: Path, summary: dict[str, Any]) -> Path:
+    """Write the best model to artifacts/best.pth (without the optimizer) with its metrics in best.json."""
+    target = write_checkpoint(best.without_optimizer(), artifacts / "best.pth")
+    write_json(artifacts / "best.json", summary)
+    return target

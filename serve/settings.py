@@ -1,0 +1,33 @@
+"""The `args` of the Serve application in serve.config: one typed record, each default in one place."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from deepfake_platform.config import Section, build
+from deepfake_platform.data import DEFAULT_MAX_PIXELS
+
+
+class AppArgs(Section):
+    """What serve.config's `args` may set (unknown keys are errors, as in every config)."""
+
+    # A checkpoint (artifacts/best.pth after training), a frequency detector .pth, or an ensemble spec.
+    model: str = "artifacts/best.pth"
+    # The env var holding the API token; unset or empty: no authentication.
+    token_env: str = "DEEPFAKE_API_TOKEN"
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    max_batch_files: int = Field(16, ge=1)
+    # Dynamic batching in each Detector replica.
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # How long a request may wait for a live Detector replica (one died mid-request, or is starting again).
+    retry_timeout_s: float = Field(30.0, gt=0)
+
+
+def app_args(args: dict | None) -> AppArgs:
+    """The app's args from serve.config (or a test), checked: a mistake names the key."""
+    return build(AppArgs, dict(args or {}), "the Serve config's args")
