@@ -33,6 +33,7 @@ from deepfake_platform.orchestration.tuner import (
     latest_sweep,
     make_plan,
     run_sweep,
+    total_trials,
     tune_state_exists,
 )
 from deepfake_platform.outputs import anchor_outputs, join_storage, output_home
@@ -64,7 +65,7 @@ def main(args: argparse.Namespace) -> SweepOutcome:
     else:
         data_root = resolve_data_root(args.data, base.data.root, base.data.embedded, home)
         plan = make_plan(sweep, base, name=name, data_root=data_root, nodes=cluster_nodes())
-    print(f"Sweep {name}: {plan.tune['num_samples']} trials of {plan.config.model.name} on {plan.data_root}, "
+    print(f"Sweep {name}: {total_trials(plan.search, plan.tune)} trials of {plan.config.model.name} on {plan.data_root}, "
           f"{plan.trial_sizing.describe()}. Outputs under {home}.", flush=True)
     try:
         outcome = run_sweep(plan, resume=resume, promote_best=base.output.promote and not args.no_promote)

@@ -17,6 +17,7 @@ to their probabilities. With the env var named by `token_env` set, /predict* and
 # methods Serve's ingress wraps, or it reads `request` as a query parameter.
 import asyncio
 import hmac
+import logging
 import math
 import os
 import signal
@@ -49,6 +50,8 @@ from serve.settings import app_args
 from serve.uploads import APIError, Limits, decode_image, read_uploads
 
 HEALTH_TIMEOUT_S = 2.0
+# Serve's replica logger: lines go to the replica's log file under Ray's session logs.
+logger = logging.getLogger("ray.serve")
 
 
 # ---- the HTTP ingress ----------------------------------------------------------------------------
@@ -173,10 +176,12 @@ class DeepfakeAPI:
             try:
                 # A call made while no replica is alive waits for the replacement: bounded here.
                 return await asyncio.wait_for(handle.predict.remote(image), timeout=max(remaining, 0.001))
-            except RayActorError:
+            except RayActorError as err:
                 attempt += 1
                 if time.monotonic() + 0.5 >= deadline:
                     raise self._unavailable(name) from None
+                logger.warning("retrying a prediction on detector %s (attempt %d): its replica died (%s)",
+                               name, attempt + 1, type(err).__name__)
                 await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
             except asyncio.TimeoutError:
                 raise self._unavailable(name) from None

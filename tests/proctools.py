@@ -90,3 +90,13 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell with the venv active: no RAY_* variables (Ray's defaults apply)."""
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return {**env, **extra}

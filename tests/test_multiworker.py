@@ -34,7 +34,6 @@ def local_ray():
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_ADDRESS", "local")
-        env.setenv("RAY_AUTH_MODE", "disabled")
         ensure_ray()
         yield
         ray.shutdown()

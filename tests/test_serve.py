@@ -77,8 +77,7 @@ def base_url(files):
     import ray
     from ray import serve
 
-    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", TOKEN_ENV)}
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    saved = {key: os.environ.get(key) for key in (TOKEN_ENV,)}
     os.environ[TOKEN_ENV] = TOKEN  # the builder sees it, and the replicas inherit it from the local Ray
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)

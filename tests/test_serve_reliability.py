@@ -1,8 +1,10 @@
 """Reliability and security of the Serve app, proven on a real Ray + Serve over loopback HTTP.
 
 One Ray (in a temp dir of its own, so its logs can be searched) serves a tiny checkpoint behind
-bearer-token auth. The tests kill a Detector replica, send 1,000 concurrent requests, fuzz bodies,
-headers and paths, name server files in requests, and search Ray's logs for the token.
+bearer-token auth at /, an ensemble (tiny hybrid + frequency detector) at /ensemble, and the tiny
+checkpoint again with a one-second retry budget at /impatient. The tests SIGKILL Detector replicas in
+the middle of bursts of requests, send 1,000 concurrent requests, fuzz bodies, headers and paths,
+name server files in requests, and search Ray's logs for the token.
 
     .venv/bin/python -m pytest tests/test_serve_reliability.py     # about 70 s on 2 CPUs
 """
@@ -10,8 +12,10 @@ headers and paths, name server files in requests, and search Ray's logs for the 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
+import signal
 import string
 import tempfile
 import time
@@ -24,8 +28,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deepfake_platform.checkpoints import file_sha256
+from deepfake_platform.ensemble import (
+    Combiner,
+    EnsembleSpec,
+    MemberSpec,
+    save_ensemble,
+    save_frequency_member,
+)
+from models import FrequencyDetector
 from serve.app import build_app
 from tests.factories import encoded, free_port, photo, tiny_checkpoint
+from tests.proctools import command_line
 
 APP = "reliability"
 TOKEN_ENV = "DEEPFAKE_RELIABILITY_TEST_TOKEN"
@@ -52,6 +66,19 @@ class Server:
     secret: str
 
 
+def ensemble_spec(root: Path, checkpoint: Path) -> Path:
+    """A mean ensemble of the tiny checkpoint and a frequency detector fitted on blurred vs sharp photos."""
+    images = [photo(300 + i, 64) for i in range(8)]
+    frequency = FrequencyDetector().fit(
+        [image if i % 2 else image.resize((16, 16)).resize((64, 64)) for i, image in enumerate(images)],
+        [i % 2 for i in range(8)])
+    member = save_frequency_member(frequency, root / "frequency.pth", val_threshold=0.5, val_auc=0.8)
+    spec = EnsembleSpec("pair", [MemberSpec("hybrid", str(checkpoint), file_sha256(checkpoint)),
+                                 MemberSpec("frequency", str(member), file_sha256(member))],
+                        Combiner("mean"), threshold=0.5, val_auc=0.8)
+    return save_ensemble(spec, root / "pair.pth")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Ray (own temp dir) + Serve on a free loopback port with a tiny checkpoint; torn down after the module."""
@@ -69,14 +96,18 @@ def server(tmp_path_factory):
     ray_dir = Path(tempfile.mkdtemp(prefix="rayrel", dir="/tmp"))
     port = free_port()
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_AUTH_MODE", "disabled")
         env.setenv(TOKEN_ENV, TOKEN)  # the builder sees it, and the replicas inherit it from the local Ray
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(ray_dir))
+        # Four logical CPUs for three apps' replicas on the machine's two cores.
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=str(ray_dir))
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             # fp32, so a batched answer can be compared exactly with the same image sent alone.
-            app = build_app({"model": str(checkpoint), "token_env": TOKEN_ENV, "precision": "fp32"})
-            serve.run(app, name=APP, route_prefix="/")
+            common = {"token_env": TOKEN_ENV, "precision": "fp32"}
+            serve.run(build_app({"model": str(checkpoint), **common}), name=APP, route_prefix="/")
+            serve.run(build_app({"model": str(ensemble_spec(root, checkpoint)), **common}), name="ens",
+                      route_prefix="/ensemble")
+            serve.run(build_app({"model": str(checkpoint), "retry_timeout_s": 1.0, **common}), name="impatient",
+                      route_prefix="/impatient")
             logs = ray_dir / "session_latest" / "logs"
             yield Server(f"http://127.0.0.1:{port}", logs, images, secret_file, secret)
         finally:
@@ -299,6 +330,84 @@ def test_a_killed_detector_replica_is_replaced_and_requests_succeed_again(server
     assert len(replacements) == 1 and victim not in replacements
     assert all(post_image(client, image).status_code == 200 for _ in range(10))
     assert_healthy(server.url)
+
+
+def replica_pid(app: str, deployment: str) -> int:
+    """The process id of the one replica of `deployment` in `app` (Ray titles it ray::ServeReplica:APP:NAME)."""
+    title = f"ServeReplica:{app}:{deployment}"
+    found = [int(entry.name) for entry in Path("/proc").iterdir()
+             if entry.name.isdigit() and command_line(int(entry.name)).startswith(f"ray::{title}")]
+    assert len(found) == 1, f"expected one {title} process, found {found}"
+    return found[0]
+
+
+async def _burst(url: str, route: str, image: tuple[bytes, str], count: int,
+                 answered: list) -> list[tuple[int, object]]:
+    limits = httpx.Limits(max_connections=24)
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=httpx.Timeout(90.0), limits=limits) as http:
+
+        async def one() -> tuple[int, object]:
+            response = await http.post(f"{route}/predict", content=image[0], headers={"Content-Type": image[1]})
+            answered.append(response.status_code)
+            body = response.json()
+            return response.status_code, body.get("fake_probability", body)
+
+        gate = asyncio.Semaphore(24)
+
+        async def gated() -> tuple[int, object]:
+            async with gate:
+                return await one()
+
+        return await asyncio.gather(*(gated() for _ in range(count)))
+
+
+@pytest.mark.ray
+@pytest.mark.fault
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("route", "app", "deployment"), [("", APP, "Detector"), ("/ensemble", "ens", "Detector_hybrid")])
+def test_requests_in_flight_when_a_replica_is_killed_are_all_answered(server, client, route, app, deployment):
+    image = server.images["image0.jpeg"]
+    expected = client.post(f"{route}/predict", content=image[0], headers={"Content-Type": image[1]})
+    assert expected.status_code == 200, expected.text
+    victim = replica_pid(app, deployment)
+    answered: list[int] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        burst = pool.submit(asyncio.run, _burst(server.url, route, image, 96, answered))
+        deadline = time.monotonic() + 60
+        while len(answered) < 12:  # the burst is flowing: requests are inside the replica right now
+            assert time.monotonic() < deadline and not burst.done(), "the burst never got going"
+            time.sleep(0.02)
+        os.kill(victim, signal.SIGKILL)
+        killed_after = len(answered)
+        results = burst.result(timeout=240)
+    assert killed_after < len(results), "the burst ended before the replica was killed"
+    failures = [(status, body) for status, body in results if status != 200]
+    assert not failures, f"{len(failures)} of {len(results)} requests failed: {failures[:3]}"
+    for _, probability in results:
+        assert probability == pytest.approx(expected.json()["fake_probability"], abs=SAME)
+    assert replica_pid(app, deployment) != victim
+    # The requests that were inside the dead replica were sent again, not lost.
+    serve_logs = b"".join(path.read_bytes() for path in (server.ray_logs / "serve").glob("*.log"))
+    assert b"retrying a prediction on detector" in serve_logs
+    assert_healthy(server.url)
+
+
+@pytest.mark.ray
+@pytest.mark.fault
+@pytest.mark.timeout(180)
+def test_a_request_that_outwaits_its_retry_budget_gets_a_json_503(server, client):
+    image = server.images["image1.png"]
+    assert client.post("/impatient/predict", content=image[0], headers={"Content-Type": image[1]}).status_code == 200
+    os.kill(replica_pid("impatient", "Detector"), signal.SIGKILL)
+    started = time.monotonic()
+    refused = client.post("/impatient/predict", content=image[0], headers={"Content-Type": image[1]})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5", refused.text
+    assert "did not answer within 1 s" in refused.json()["error"]
+    assert time.monotonic() - started < 20
+    deadline = time.monotonic() + RECOVERY_LIMIT_S
+    while client.post("/impatient/predict", content=image[0], headers={"Content-Type": image[1]}).status_code != 200:
+        assert time.monotonic() < deadline, "the replacement replica never answered"
+        time.sleep(1)
 
 
 # ---- the token in logs ---------------------------------------------------------------------------

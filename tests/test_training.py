@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import pytest
 from deepfake_platform.checkpoints import read_checkpoint
 from deepfake_platform.orchestration.report import SECTIONS
 from deepfake_platform.training import ShardSampler
+from tests.proctools import user_env
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "reproduce_baseline.py"
@@ -20,7 +24,7 @@ SCRIPT = REPO / "experiments" / "reproduce_baseline.py"
 
 def run_job(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run the main job as a user would, in `workdir`, on a fresh local Ray of its own."""
-    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env = user_env()
     result = subprocess.run(
         [sys.executable, str(SCRIPT), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -37,7 +41,14 @@ def test_shard_sampler_covers_every_index_once():
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_smoke_run_then_resume(tmp_path, data_root):
-    run_job(tmp_path, "--smoke", "--data", str(data_root), "--name", "X", "--epochs", "2")
+    first = run_job(tmp_path, "--smoke", "--data", str(data_root), "--name", "X", "--epochs", "2",
+                    "--set", "train.precision=fp32")
+    # A clean console: one summary line per epoch and the report; Ray's per-report chatter is in its logs.
+    console = first.stdout + first.stderr
+    assert len(re.findall(r"epoch \d: train loss", console)) == 2, console[-3000:]
+    for chatter in ("Reporting training result", "Checkpoint successfully created", "Started training worker group"):
+        assert chatter not in console
+    assert "Report: " in console and "Wall time" in console
     checkpoints = tmp_path / "checkpoints" / "X"
     epoch_files = sorted(checkpoints.glob("epoch_*_auc_*.pth"))
     assert [p.name[:9] for p in epoch_files] == ["epoch_000", "epoch_001"]
@@ -61,6 +72,13 @@ def test_smoke_run_then_resume(tmp_path, data_root):
     promoted = read_checkpoint(tmp_path / "artifacts" / "best.pth")
     assert promoted.optimizer_state_dict is None and promoted.epoch == best.epoch
     assert json.loads((tmp_path / "artifacts" / "best.json").read_text())["run"] == "X"
+    # One predict path: evaluate.py on the validation split finds the AUC training recorded.
+    evaluated = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "evaluate.py"), "--checkpoint", str(checkpoints / "best.pth"),
+         "--data", str(data_root), "--split", "val", "--out", str(tmp_path / "val.json")],
+        cwd=tmp_path, env=user_env(), capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads((tmp_path / "val.json").read_text())["metrics"]["auc"] == pytest.approx(best.val_auc, abs=1e-9)
 
     before = {p.name: p.stat().st_mtime_ns for p in epoch_files}
     resumed = run_job(tmp_path, "--smoke", "--data", str(data_root), "--resume", str(epoch_files[-1]), "--epochs", "3")
@@ -86,7 +104,7 @@ def test_resume_past_the_last_epoch_is_a_sentence(tmp_path):
 
 
 def test_bad_cli_input_is_one_line_not_a_traceback(tmp_path):
-    env = {**os.environ, "RAY_ADDRESS": "local"}
+    env = user_env()
     for args, message in [
         (["--data", str(tmp_path / "missing")], "does not exist"),
         (["--set", "train.lr"], "key=value"),
@@ -96,3 +114,57 @@ def test_bad_cli_input_is_one_line_not_a_traceback(tmp_path):
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_diverging_run_stops_with_one_sentence_and_is_not_retried(tmp_path, data_root):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--data", str(data_root), "--name", "D", "--set", "train.lr=1e6",
+         "--verbose"], cwd=tmp_path, env=user_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"error: training diverged at epoch 0, step \d+: the loss became nan at learning rate 1e\+06", last)
+    assert "Traceback" not in result.stderr
+    # --verbose shows Ray's INFO lines: the worker group started once, so the failure was not retried.
+    assert (result.stdout + result.stderr).count("Started training worker group") == 1
+    assert not list((tmp_path / "checkpoints" / "D").glob("*.pth"))  # nothing non-finite was written
+    assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.fault
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_the_run_keeps_its_checkpoints_and_says_how_to_continue(tmp_path, data_root):
+    from tests.proctools import descendants
+
+    log = tmp_path / "run.log"
+    with log.open("w") as output:
+        job = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--smoke", "--data", str(data_root), "--name", "C", "--epochs", "50"],
+            cwd=tmp_path, env=user_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    checkpoints = tmp_path / "checkpoints" / "C"
+    try:
+        deadline = time.monotonic() + 200
+        while not list(checkpoints.glob("epoch_000_*.pth")):
+            assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        processes = descendants(job.pid)
+        os.killpg(job.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
+        time.sleep(0.3)
+        os.killpg(job.pid, signal.SIGINT)  # and an impatient second one
+        stopped = time.monotonic()
+        assert job.wait(timeout=60) == 130
+        assert time.monotonic() - stopped < 20
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while [pid for pid in processes if os.path.exists(f"/proc/{pid}")]:
+        assert time.monotonic() < deadline, "Ray processes outlived the run by more than 10 s"
+        time.sleep(0.2)
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith("Stopped: kept ") and "--name=C" in last and "Continue with: python " in last
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")]  # no half-written file
+    for path in checkpoints.glob("*.pth"):
+        assert read_checkpoint(path).detector == "hybrid_tiny"

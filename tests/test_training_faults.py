@@ -12,7 +12,7 @@ import pytest
 
 from deepfake_platform.checkpoints import read_checkpoint
 from deepfake_platform.data import build_dataset
-from tests.proctools import find_descendant, kill_tree
+from tests.proctools import find_descendant, kill_tree, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "reproduce_baseline.py"
@@ -30,7 +30,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def start_job(workdir: Path, data_root: Path, name: str) -> subprocess.Popen:
-    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env = user_env()
     log = open(workdir / f"{name}.log", "a")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), "--smoke", "--data", str(data_root), "--name", name,

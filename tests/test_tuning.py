@@ -14,13 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deepfake_platform.checkpoints import read_checkpoint
 from deepfake_platform.config import ConfigError
 from deepfake_platform.orchestration.sweep_config import experiment_config, load_sweep_config
-from deepfake_platform.orchestration.sweep_report import plot_auc_vs_lr, trial_row, write_table
-from deepfake_platform.orchestration.tuner import size_trials
+from deepfake_platform.orchestration.sweep_report import (
+    best_healthy,
+    plot_auc_vs_lr,
+    sort_rows,
+    trial_row,
+    write_table,
+)
+from deepfake_platform.orchestration.tuner import size_trials, total_trials
 from deepfake_platform.outputs import output_home
+from tests.proctools import descendants, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "tune_sweep.py"
@@ -127,6 +135,26 @@ def test_table_and_plot(tmp_path):
     assert "| a | 1.00e-04 | 3 | none | 0.9000 | 1 | 3 | finished | 30.0 |" in md_path.read_text()
     png = plot_auc_vs_lr(rows, tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A trial that diverged after a good epoch says so, sorts after the healthy ones and is never promoted.
+    diverged = trial_row("d", {"lr": 10.0, "epochs": 3, "freeze": "none"}, epochs(0.95),
+                         run_status={"status": "diverged", "message": "training diverged at epoch 1"})
+    assert diverged["status"] == "diverged" and diverged["best_val_auc"] == 0.95
+    ordered = sort_rows([diverged, *rows])
+    assert [row["trial"] for row in ordered] == ["a", "b", "d", "c"]
+    assert best_healthy([diverged, *rows])["trial"] == "a"
+    assert best_healthy([diverged]) is None
+
+
+def test_a_learning_rate_grid_is_checked_and_counted(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("name: g\nexperiment: {model: {name: hybrid_tiny}}\nsearch: {lr: [1.0e-4, 1.0e-3]}\n"
+                    "tune: {num_samples: 3}\n")
+    sweep = load_sweep_config(path)
+    assert sweep.search.lr == [1e-4, 1e-3]
+    assert total_trials(sweep.search.to_dict(), sweep.tune.to_dict()) == 6
+    path.write_text("name: g\nsearch: {lr: [1.0e-4, -1]}\n")
+    with pytest.raises(ConfigError, match="search.lr: every learning rate must be positive"):
+        load_sweep_config(path)
 
 
 def test_cli_mistakes_are_one_sentence(tmp_path):
@@ -146,14 +174,13 @@ def test_cli_mistakes_are_one_sentence(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def sweep_command(out: Path, data_root: Path, name: str) -> list[str]:
-    return [sys.executable, str(SCRIPT), "--config", str(SMOKE), "--output-root", str(out),
+def sweep_command(out: Path, data_root: Path, name: str, config: Path = SMOKE) -> list[str]:
+    return [sys.executable, str(SCRIPT), "--config", str(config), "--output-root", str(out),
             "--data", str(data_root), "--name", name]
 
 
 def sweep_env() -> dict[str, str]:
-    """A fresh local Ray of the sweep's own (never another test's cluster on this machine)."""
-    return {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return user_env()
 
 
 def trial_statuses(tune_dir: Path) -> dict[str, str]:
@@ -172,53 +199,53 @@ def mtimes(folder: Path) -> dict[str, int]:
     return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
 
 
-def check_sweep_outputs(out: Path, name: str, trials: int) -> list[dict[str, str]]:
-    """The table, the plot, the report, each trial's checkpoints, the promoted best; returns the table."""
-    run_dir = out / "runs" / name
-    with (run_dir / "sweep.csv").open() as handle:
-        table = list(csv.DictReader(handle))
-    assert len(table) == trials and {row["status"] for row in table} <= {"finished", "stopped early (ASHA)"}
-    assert {row["freeze"] for row in table} <= {"none", "backbones", "last1"}
-    for row in table:
-        assert (out / "checkpoints" / name / row["trial"] / "best.pth").is_file()
-    assert (run_dir / "sweep.md").read_text().count("\n") == trials + 2
-    assert (run_dir / "val_auc_vs_lr.png").read_bytes()[:4] == b"\x89PNG"
-    report = (run_dir / "SWEEP.md").read_text()
-    for section in ("## Trials", "## Validation AUC against learning rate", "## Best trial"):
-        assert section in report
-    best = table[0]
-    assert (run_dir / best["trial"] / "RESULTS.md").is_file()
-    promoted = read_checkpoint(out / "artifacts" / "best.pth")
-    assert promoted.optimizer_state_dict is None
-    assert promoted.config["name"] == f"{name}/{best['trial']}"
-    assert promoted.val_auc == pytest.approx(float(best["best_val_auc"]))
-    assert json.loads((out / "artifacts" / "best.json").read_text())["run"] == f"{name}/{best['trial']}"
-    return table
+def grid_sweep(path: Path, learning_rates: list[float]) -> Path:
+    """The smoke sweep with a grid of learning rates instead of the log-uniform range."""
+    data = yaml.safe_load(SMOKE.read_text())
+    data["search"].update(lr=learning_rates, freeze=["none"])
+    data["tune"]["num_samples"] = 1
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.fault
-@pytest.mark.timeout(420)
-def test_sweep_killed_then_resumed_keeps_finished_trials(tmp_path, data_root):
+@pytest.mark.timeout(480)
+def test_a_stopped_sweep_resumes_keeps_finished_trials_and_records_a_diverged_one(tmp_path, data_root):
     out, name = tmp_path / "out", "resumable"
-    command = sweep_command(out, data_root, name)
-    with (tmp_path / "first.log").open("w") as log:
+    # Two healthy trials run first (two at a time on 2 CPUs); the third one's learning rate diverges.
+    command = sweep_command(out, data_root, name, grid_sweep(tmp_path / "grid.yaml", [1e-3, 3e-3, 1e6]))
+    log_path = tmp_path / "first.log"
+    with log_path.open("w") as log:
         driver = subprocess.Popen(command, env=sweep_env(), stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         try:
-            deadline = time.monotonic() + 240
+            deadline = time.monotonic() + 300
             while True:
                 statuses = trial_statuses(out / "ray_results" / name / "tune")
                 finished = [trial for trial, status in statuses.items() if status == "TERMINATED"]
                 if finished and len(finished) < 3:
                     break
-                assert driver.poll() is None, "the sweep ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
+                assert driver.poll() is None, "the sweep ended before it could be stopped:\n" + log_path.read_text()[-3000:]
                 assert time.monotonic() < deadline, "no trial finished in time"
                 time.sleep(0.5)
+            processes = descendants(driver.pid)
+            os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: the driver and the local Ray it started
+            stopped = time.monotonic()
+            assert driver.wait(timeout=60) == 130
+            assert time.monotonic() - stopped < 20
         finally:
-            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-            driver.wait()
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait()
+    last = log_path.read_text().strip().splitlines()[-1]
+    assert last.startswith(f"Stopped: the finished trials of sweep {name} are kept"), last
+    assert f"--resume --name={name}" in last
+    deadline = time.monotonic() + 10
+    while [pid for pid in processes if os.path.exists(f"/proc/{pid}")]:
+        assert time.monotonic() < deadline, "Ray processes outlived the stopped sweep"
+        time.sleep(0.2)
     kept = {trial: mtimes(out / "checkpoints" / name / trial) for trial in finished}
     kept_runs = {trial: mtimes(out / "ray_results" / name / "train" / trial) for trial in finished}
 
@@ -230,5 +257,24 @@ def test_sweep_killed_then_resumed_keeps_finished_trials(tmp_path, data_root):
         # Neither the epoch files nor the Ray Train run of a finished trial were written again.
         assert mtimes(out / "checkpoints" / name / trial) == kept[trial]
         assert mtimes(out / "ray_results" / name / "train" / trial) == kept_runs[trial]
-    table = check_sweep_outputs(out, name, trials=3)
+    # One line per finished trial, the diverged one saying so; no Tune status tables.
+    trial_lines = [line for line in resumed.stdout.splitlines() if line.startswith("trial ")]
+    assert any("diverged: training diverged" in line for line in trial_lines), resumed.stdout[-3000:]
+    assert "Trial status" not in resumed.stdout + resumed.stderr
+
+    run_dir = out / "runs" / name
+    with (run_dir / "sweep.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert sorted(row["status"] for row in table) == ["diverged", "finished", "finished"]
+    diverged = next(row for row in table if row["status"] == "diverged")
+    assert float(diverged["lr"]) == 1e6 and table[-1] is diverged  # healthy trials first
+    assert "| diverged |" in (run_dir / "SWEEP.md").read_text()
     assert set(finished) <= {row["trial"] for row in table}
+    best = table[0]
+    assert best["status"] == "finished" and (run_dir / best["trial"] / "RESULTS.md").is_file()
+    promoted = read_checkpoint(out / "artifacts" / "best.pth")
+    assert promoted.optimizer_state_dict is None
+    assert promoted.config["name"] == f"{name}/{best['trial']}"
+    assert promoted.val_auc == pytest.approx(float(best["best_val_auc"]))
+    assert json.loads((out / "artifacts" / "best.json").read_text())["run"] == f"{name}/{best['trial']}"
+    assert (run_dir / "val_auc_vs_lr.png").read_bytes()[:4] == b"\x89PNG"

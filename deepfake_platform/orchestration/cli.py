@@ -73,10 +73,22 @@ def _stop_ray() -> None:
         ray.shutdown()  # ray: the local Ray this command started goes with it
 
 
+def _last_line(message: str) -> None:
+    """Write `message` as the command's last line, below any progress bar of the workers."""
+    try:  # Ray draws the workers' bars in this process and redraws them after every print(): clear them
+        from ray.experimental import tqdm_ray  # ray:
+
+        tqdm_ray.instance().hide_bars()
+    except Exception:  # no bars (or no Ray): nothing to clear
+        pass
+    sys.stdout.flush()  # what Ray printed for the workers goes first
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def _stopped(message: str) -> None:
     _stop_ray()
-    print(message, file=sys.stderr, flush=True)
-    sys.stdout.flush()
+    _last_line(message)
     # Nothing may print after the sentence: exit hooks would redraw the progress bars of the stopped workers.
     os._exit(130)
 
@@ -90,8 +102,8 @@ def run_command(main: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         _stopped("Stopped.")
     except RunFailed as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        _last_line(f"error: {err}")
         sys.exit(1)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        _last_line(f"error: {err}")
         sys.exit(2)

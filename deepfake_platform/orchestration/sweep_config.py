@@ -34,10 +34,13 @@ def check_freeze_mode(mode: str) -> str:
 
 
 class SearchSpace(Section):
-    """What the sweep varies: learning rate (log-uniform between two bounds), epochs and freezing (choices)."""
+    """What the sweep varies: learning rate (log-uniform between two bounds, or a grid of values), epochs
+    and freezing (choices)."""
 
     lr_min: float = Field(1e-5, gt=0)
     lr_max: float = Field(1e-3, gt=0)
+    # A grid instead of the log-uniform range: every value is tried (num_samples times each).
+    lr: list[float] = Field(default_factory=list)
     epochs: list[int] = Field(default_factory=lambda: [3, 5], min_length=1)
     freeze: list[str] = Field(default_factory=lambda: ["none", "cnn", "vit", "backbones", "last2"], min_length=1)
 
@@ -47,6 +50,13 @@ class SearchSpace(Section):
         if any(epoch < 1 for epoch in epochs):
             raise ValueError("every epochs choice must be at least 1")
         return epochs
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lrs(cls, values: list[float]) -> list[float]:
+        if any(value <= 0 for value in values):
+            raise ValueError("every learning rate must be positive")
+        return values
 
     @field_validator("freeze")
     @classmethod

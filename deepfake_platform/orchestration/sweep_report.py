@@ -104,10 +104,11 @@ def render_sweep_report(summary: dict[str, Any], rows: list[dict[str, Any]], bes
         "",
         "## Search",
         "",
-        f"- learning rate: log-uniform in [{search['lr_min']:g}, {search['lr_max']:g}]",
+        (f"- learning rate: each of {', '.join(f'{lr:g}' for lr in search['lr'])}" if search.get("lr") else
+         f"- learning rate: log-uniform in [{search['lr_min']:g}, {search['lr_max']:g}]"),
         f"- epochs: one of {search['epochs']}",
         f"- freezing: one of {', '.join(search['freeze'])}",
-        f"- {settings['num_samples']} samples (seed {settings['seed']}); ASHA on `{settings['metric']}` "
+        f"- {settings['num_samples']} sample(s) (seed {settings['seed']}); ASHA on `{settings['metric']}` "
         f"({settings['mode']}), time attribute `epoch`, grace period {settings['grace_period']}, reduction "
         f"factor {settings['reduction_factor']}",
         f"- {summary['sizing']}; batch {summary['batch_size']}, precision {summary['precision']}",

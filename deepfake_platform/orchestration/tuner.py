@@ -92,6 +92,11 @@ def size_trials(nodes: list[dict[str, float]], *, num_workers: int, cpus_per_wor
     return TrialSizing(num_workers, per_worker, use_gpu, max(1, min(wanted, fits, num_samples)))
 
 
+def total_trials(search: dict[str, Any], settings: dict[str, Any]) -> int:
+    """How many trials a sweep runs: num_samples, times the learning rates of a grid."""
+    return settings["num_samples"] * max(1, len(search.get("lr") or []))
+
+
 # ---- the plan ----------------------------------------------------------------------------------------
 
 
@@ -148,7 +153,7 @@ def make_plan(sweep: SweepConfig, base: ExperimentConfig, *, name: str, data_roo
     sizing = size_trials(
         nodes, num_workers=base.scaling.num_workers, cpus_per_worker=base.scaling.cpus_per_worker,
         use_gpu=base.scaling.use_gpu, max_concurrent_trials=sweep.tune.max_concurrent_trials,
-        num_samples=sweep.tune.num_samples,
+        num_samples=total_trials(sweep.search.to_dict(), sweep.tune.to_dict()),
     )
     # Explicit CPUs per worker: build_trainer must not split the whole cluster between one trial's workers.
     base = with_changes(base, scaling={"cpus_per_worker": sizing.cpus_per_worker})
@@ -237,7 +242,7 @@ def build_tuner(plan: SweepPlan, *, resume: bool):
     return tune.Tuner(  # ray:
         trainable,
         param_space={
-            "lr": tune.loguniform(search["lr_min"], search["lr_max"]),
+            "lr": tune.grid_search(search["lr"]) if search.get("lr") else tune.loguniform(search["lr_min"], search["lr_max"]),
             "epochs": tune.choice(search["epochs"]),
             "freeze": tune.choice(search["freeze"]),
         },
@@ -312,6 +317,9 @@ def run_sweep(plan: SweepPlan, *, resume: bool, promote_best: bool = True) -> Sw
     plan.save()
     # Tune's SIGINT handler would finish the sweep "gracefully" and return half a ResultGrid; a stop is a stop.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # A trial that diverges before its first epoch ends without a val_auc; it is recorded as diverged, not an
+    # error of the whole sweep (every epoch's report carries val_auc).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     results = build_tuner(plan, resume=resume).fit()
     rows = rows_from_results(results, plan)
     run_dir = plan.run_dir
