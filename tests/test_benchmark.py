@@ -78,7 +78,6 @@ def test_precision_parity_trains_both_precisions(tmp_path):
     summary = bench.parity_summary(runs)
     assert summary["bf16_minus_fp32_val_auc"] == pytest.approx(
         sum(runs["bf16"]["val_auc"]) / 2 - sum(runs["fp32"]["val_auc"]) / 2)
-    assert summary["bf16_auc_within_noise"] in (0.0, 1.0)
     table = bench.render_cpu_table({**bench.summarize_cpu({"parity": summary})}, bench.machine_info(torch.device("cpu")), {})
     assert "| bf16 - fp32, paired by seed |" in table
 

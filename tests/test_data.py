@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from deepfake_platform.data import (
@@ -306,3 +308,46 @@ def test_ensure_embedded_dataset_builds_once(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="delete it"):
         ensure_embedded_dataset(foreign)
     assert synth.DEFAULT_DATA_DIR == REPO / "data" / "embedded"
+
+
+# ---- bounded cost per image ------------------------------------------------------------------------
+
+
+def adversarial_images(folder: Path) -> dict[str, Path]:
+    """Valid images under the pixel limit whose shape or mode would make naive preprocessing explode."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = {"strip_wide.png": ("RGB", (20_000_000, 1)), "strip_tall.png": ("RGB", (1, 20_000_000)),
+              "two_rows.png": ("L", (10_000_000, 2)), "band.jpg": ("RGB", (12_000, 300)),
+              "grey16.png": ("I;16", (3000, 3000))}
+    paths = {}
+    for name, (mode, size) in shapes.items():
+        Image.new(mode, size, 200 if mode != "I;16" else 50_000).save(folder / name)
+        paths[name] = folder / name
+    return paths
+
+
+def test_preprocessing_cost_is_bounded_by_the_crop_not_the_image_shape(tmp_path):
+    from deepfake_platform.data import ImageDataset, build_transform
+
+    images = adversarial_images(tmp_path / "odd")
+    for preset in ("eval", "train"):
+        dataset = ImageDataset([(str(path), 0) for path in images.values()], build_transform(preset, 224))
+        for index, name in enumerate(images):
+            started = time.perf_counter()
+            tensor, _ = dataset[index]
+            # A naive Resize(256) of the 20,000,000 x 1 strip asks for 5e9 x 256 pixels (minutes, gigabytes).
+            assert time.perf_counter() - started < 5.0, f"{preset} preset on {name}"
+            assert tensor.shape == (3, 224, 224) and torch.isfinite(tensor).all(), name
+
+
+def test_a_data_set_of_odd_shapes_scans_and_loads(tmp_path):
+    root = tmp_path / "set"
+    for split in ("train", "val", "test"):
+        for label in ("real", "fake"):
+            (root / split / label).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (9, 9, 9)).save(root / split / label / "plain.png")
+    adversarial_images(root / "val" / "real")
+    result = scan_dataset(root)
+    assert result.usable and not result.bad_files
+    assert sorted(record.width for record in result.records if record.split == "val" and record.label == 0) == [
+        1, 32, 3000, 12_000, 10_000_000, 20_000_000]

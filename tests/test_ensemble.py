@@ -39,6 +39,7 @@ from deepfake_platform.orchestration.ensemble_build import (
     load_ensemble_config,
     resolve_members,
 )
+from deepfake_platform.metrics import roc_auc
 from deepfake_platform.predict import FrequencyPredictor, Predictor
 from models import FrequencyDetector
 from tests.factories import tiny_checkpoint as write_tiny
@@ -134,6 +135,8 @@ def test_frequency_member_round_trips_through_a_weights_only_file(tmp_path):
     assert isinstance(member, FrequencyPredictor)
     assert member.info.threshold == pytest.approx(0.42) and member.info.sha256 == file_sha256(path)
     np.testing.assert_allclose(member.predict_images(images), detector.predict_proba(images), rtol=1e-6)
+    held_out, held_out_labels = pictures(16, seed=1)  # it learnt the task: blurred vs sharp noise
+    assert roc_auc(held_out_labels, member.predict_images(held_out)) > 0.9
 
 
 def test_ensemble_spec_round_trips_and_detects_changed_members(tmp_path):

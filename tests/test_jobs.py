@@ -26,7 +26,7 @@ VENV_BIN = str(Path(sys.executable).parent)
 # `ray start --head`'s default ports: the block uses them, so nothing else may hold them.
 DEFAULT_PORTS = (6379, 8265, 52365)
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.long]
 
 
 def readme_block(marker: str) -> list[str]:

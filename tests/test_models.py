@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import huggingface_hub
 import numpy as np
@@ -13,6 +17,7 @@ import torch
 from PIL import Image
 
 from models import (
+    Detector,
     FrequencyDetector,
     HybridModel,
     azimuthal_spectrum_features,
@@ -23,6 +28,7 @@ from models import (
 )
 from models.weights import ALLOW_DOWNLOAD_ENV, download_blocked_reason
 
+REPO = Path(__file__).resolve().parents[1]
 REFERENCE_PARAMS = 97_894_209
 # Detectors above this size are only built on the meta device here; the reference test runs one.
 TINY_LIMIT = 10_000_000
@@ -77,6 +83,7 @@ def test_kwargs_must_be_json_serialisable():
 def test_registered_detector_contract(name):
     with torch.device("meta"):
         meta_model = create_detector(name, pretrained_policy="off")
+    assert isinstance(meta_model, Detector)  # the contract of models/protocol.py
     assert isinstance(meta_model.default_image_size, int)
     assert set(meta_model.pretrained_status.values()) == {"off"}
     assert meta_model.detector_name == name
@@ -360,3 +367,26 @@ def test_frequency_detector_needs_both_classes():
     images, _ = _real_and_fake(seed=4, n=3)
     with pytest.raises(ValueError, match="both present"):
         FrequencyDetector().fit(images, [0] * len(images))
+
+
+def test_the_readme_detector_example_registers_a_detector_that_keeps_the_contract(tmp_path):
+    text = (REPO / "README.md").read_text()
+    example = text.split("<!-- tested: tests/test_models.py runs this example -->", 1)[1]
+    example = example.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "resnet_example.py").write_text(example)
+    # In a process of its own: the registry is global, and the example adds to it.
+    check = """
+import resnet_example, torch
+from models import Detector, create_detector, list_detectors, parameter_table
+assert "cnn_resnet18" in list_detectors()
+model = create_detector("cnn_resnet18", pretrained_policy="off", freeze="cnn")
+assert isinstance(model, Detector) and model.detector_name == "cnn_resnet18"
+assert model.detector_kwargs == {"pretrained_policy": "off", "freeze": "cnn"}
+assert model(torch.randn(2, 3, 64, 64)).shape == (2,)
+table = parameter_table(model)
+assert table["trainable"] == 512 + 1 and table["frozen"] == table["total"] - 513
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

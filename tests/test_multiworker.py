@@ -56,6 +56,7 @@ def train(data_root: Path, out: Path, num_workers: int) -> list[dict[str, float]
 
 
 @pytest.mark.ray
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_two_workers_match_one_worker(tmp_path, data_root, local_ray):
     one = train(data_root, tmp_path, 1)

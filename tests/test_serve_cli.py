@@ -44,6 +44,7 @@ def test_serve_run_without_a_model_says_so_once_and_exits(tmp_path):
     assert not descendants(process.pid)
 
 
+@pytest.mark.long
 @pytest.mark.timeout(240)
 def test_ctrl_c_stops_serve_run_and_its_ray_within_seconds(tmp_path):
     tiny_checkpoint(tmp_path / "artifacts" / "best.pth", 0.5)

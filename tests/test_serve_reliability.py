@@ -41,6 +41,9 @@ from serve.app import build_app
 from tests.factories import encoded, free_port, photo, tiny_checkpoint
 from tests.proctools import command_line
 
+# Long: one Ray with three apps, bursts of requests and killed replicas (`make test-long`).
+pytestmark = pytest.mark.long
+
 APP = "reliability"
 TOKEN_ENV = "DEEPFAKE_RELIABILITY_TEST_TOKEN"
 # Fresh per run, so a hit in Ray's logs can only be this run's token.

@@ -134,6 +134,7 @@ def test_a_diverging_run_stops_with_one_sentence_and_is_not_retried(tmp_path, da
 
 @pytest.mark.ray
 @pytest.mark.fault
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_ctrl_c_stops_the_run_keeps_its_checkpoints_and_says_how_to_continue(tmp_path, data_root):
     from tests.proctools import descendants

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "reproduce_baseline.py"
 EPOCHS = 4
 
-pytestmark = [pytest.mark.ray, pytest.mark.fault]
+pytestmark = [pytest.mark.ray, pytest.mark.fault, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")

@@ -211,6 +211,7 @@ def grid_sweep(path: Path, learning_rates: list[float]) -> Path:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.fault
+@pytest.mark.long
 @pytest.mark.timeout(480)
 def test_a_stopped_sweep_resumes_keeps_finished_trials_and_records_a_diverged_one(tmp_path, data_root):
     out, name = tmp_path / "out", "resumable"
