@@ -41,7 +41,7 @@ from deepfake_platform.training import (
     validate,
 )
 
-# Forward + backward of the hybrid at 224 px, and forward alone (DESIGN.md).
+# Forward + backward of the hybrid at 224 px, and forward alone (counted with torch.utils.flop_counter).
 TRAIN_FLOP_PER_IMAGE = 116.5e9
 INFER_FLOP_PER_IMAGE = 38.8e9
 H100_BF16_DENSE_PEAK_FLOPS = 989e12

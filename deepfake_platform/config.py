@@ -133,26 +133,32 @@ def load_yaml(path: str | Path, what: str, example: str) -> dict[str, Any]:
     return loaded
 
 
-def build(model: type[SectionT], data: Any, source: str) -> SectionT:
-    """`model` built from `data`; the first mistake becomes a ConfigError naming the key and `source`."""
+def build(model: type[SectionT], data: Any, source: str, *, prefix: str = "") -> SectionT:
+    """`model` built from `data`; the first mistake becomes a ConfigError naming the key (under `prefix`,
+    for a section read on its own) and `source`."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_sentence(model, err.errors()[0])}") from None
+        error = err.errors()[0]
+        if prefix:
+            error = {**error, "loc": (prefix, *error["loc"])}
+        raise ConfigError(f"{source}: {_sentence(model, error, skip=1 if prefix else 0)}") from None
 
 
-def _sentence(model: type[Section], error: dict[str, Any]) -> str:
+def _sentence(model: type[Section], error: dict[str, Any], skip: int = 0) -> str:
     key = dotted(error["loc"]) or "the top level"
     value = error.get("input")
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"unknown key {key}; known keys here: {', '.join(_known_keys(model, error['loc'][:-1]))}."
+        return f"unknown key {key}; known keys here: {', '.join(_known_keys(model, error['loc'][skip:-1]))}."
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"{key} must be a mapping, got {value!r}."
     if kind == "missing":
         return f"{key} is required."
     message = error["msg"][0].lower() + error["msg"][1:]
     message = message.removeprefix("value error, ")
+    if isinstance(value, dict):  # a check of a whole section: the section, then what is wrong in it
+        return f"{key}: {message}."
     return f"{key}: {message}, got {value!r} ({type(value).__name__})."
 
 

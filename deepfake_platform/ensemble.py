@@ -135,14 +135,6 @@ def load_member(path: str | Path, precision: str = "auto", device: str = "cpu", 
     raise CheckpointError(f"{path} is an ensemble spec, not a single detector: deploy or score it as a whole.")
 
 
-def member_label(path: str | Path) -> str:
-    """The default name of a member file: its detector's registry name, or `frequency`."""
-    record = read_checkpoint(path)
-    if isinstance(record, DetectorCheckpoint):
-        return record.detector
-    return record.kind
-
-
 def save_frequency_member(detector: Any, path: str | Path, val_threshold: float, val_auc: float) -> Path:
     """Save a fitted FrequencyDetector as a weights_only-loadable member file."""
     return write_checkpoint(FrequencyCheckpoint(state=detector.to_state(), val_threshold=float(val_threshold),

@@ -8,13 +8,18 @@ differs, write where the user looks.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deepfake_platform.config import ExperimentConfig
 
 HOME_ENV = "DEEPFAKE_HOME"
+# Beside a run's checkpoints when it stopped for a reason that repeats (diverged, bad data): for the
+# launcher's sentence and the sweep table.
+STATUS_FILE = "run_status.json"
 JOB_HOME = Path("~/deepfake-platform")
 
 
@@ -85,3 +90,20 @@ class RunPaths:
         """The inverse of to_dict."""
         return cls(checkpoints=Path(data["checkpoints"]), run_dir=Path(data["run_dir"]),
                    artifacts=Path(data["artifacts"]), storage=data["storage"])
+
+
+def write_status(paths: RunPaths, status: dict[str, Any]) -> None:
+    """Record how a run ended (diverged, error) beside its checkpoints."""
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    (paths.checkpoints / STATUS_FILE).write_text(json.dumps(status, indent=2))
+
+
+def clear_status(paths: RunPaths) -> None:
+    """Forget how an earlier attempt of this run ended (it is running again)."""
+    (paths.checkpoints / STATUS_FILE).unlink(missing_ok=True)
+
+
+def read_status(checkpoints_dir: Path) -> dict[str, Any] | None:
+    """The status a stopped run left, or None for a run that ended normally (or is still running)."""
+    path = Path(checkpoints_dir) / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

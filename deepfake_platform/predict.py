@@ -129,6 +129,13 @@ class Predictor:
             return np.zeros(0, dtype=np.float32)
         return self.predict_tensor(self.preprocess(images))
 
+    def predict_prepared(self, pictures: Sequence[np.ndarray]) -> np.ndarray:
+        """Fake probabilities for pictures already through the eval geometry (uint8 HWC arrays of the model's
+        input size, as `self.transform.geometry` makes them elsewhere, e.g. in Ray Data's CPU tasks)."""
+        if not len(pictures):
+            return np.zeros(0, dtype=np.float32)
+        return self.predict_tensor(torch.stack([self.transform.to_tensor(Image.fromarray(p)) for p in pictures]))
+
 
 class FrequencyPredictor:
     """A fitted frequency-domain detector scoring PIL images like Predictor does."""

@@ -13,7 +13,6 @@ the launcher turns into one sentence; they are never retried. Only a lost worker
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -41,12 +40,11 @@ from deepfake_platform.checkpoints import (
 )
 from deepfake_platform.config import ConfigError, ExperimentConfig, config_from_dict
 from deepfake_platform.metrics import auc_key, choose_threshold, roc_auc
-from deepfake_platform.outputs import RunPaths
+from deepfake_platform.outputs import RunPaths, clear_status, write_status
 from deepfake_platform.predict import autocast, forward_logits, resolve_precision
 from models import parameter_table
 
 RAY_CHECKPOINT_FILE = "checkpoint.pth"
-STATUS_FILE = "run_status.json"
 
 
 class TrainingDiverged(RuntimeError):
@@ -325,18 +323,6 @@ def _set_threads(cpus: float) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def write_status(paths: RunPaths, status: dict[str, Any]) -> None:
-    """Record how the run ended (diverged, error) beside its checkpoints, for the launcher and the sweep table."""
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    (paths.checkpoints / STATUS_FILE).write_text(json.dumps(status, indent=2))
-
-
-def read_status(checkpoints_dir: Path) -> dict[str, Any] | None:
-    """The status a stopped run left, or None for a run that ended normally (or is still running)."""
-    path = checkpoints_dir / STATUS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 # ---- the per-worker loop (runs inside each Ray Train worker) ----------------------------------------
 
 
@@ -401,7 +387,7 @@ def _train(loop_config: dict[str, Any], paths: RunPaths) -> None:
 
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
         remove_partial_writes(paths.checkpoints)  # a run stopped mid-write left a temporary file
-        (paths.checkpoints / STATUS_FILE).unlink(missing_ok=True)
+        clear_status(paths)
         writer = SummaryWriter(log_dir=str(paths.run_dir / "tensorboard"))
     best_auc = max((auc_key(row["val_auc"]) for row in history), default=-math.inf)
 

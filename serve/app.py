@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
 from pydantic import BaseModel
 from ray import serve
 from ray.exceptions import RayActorError
@@ -44,10 +45,12 @@ from deepfake_platform.checkpoints import (
     file_sha256,
     read_checkpoint,
 )
+from deepfake_platform.data.faces import FacePreset
 from deepfake_platform.ensemble import Combiner, load_ensemble, safe_name
+from deepfake_platform.media import MediaScorer
 from serve.detector import Detector
 from serve.settings import app_args
-from serve.uploads import APIError, Limits, decode_image, read_uploads
+from serve.uploads import APIError, Limits, Upload, decode_image, decode_video, read_uploads
 
 HEALTH_TIMEOUT_S = 2.0
 # Serve's replica logger: lines go to the replica's log file under Ray's session logs.
@@ -65,14 +68,37 @@ class ModelIdentity(BaseModel):
     sha256: str
 
 
-class Prediction(BaseModel):
-    """The verdict for one image."""
+class Face(BaseModel):
+    """One face: its box (x, y, width, height in the picture's pixels) and how fake it looks."""
 
+    box: list[int]
+    detector_score: float
     fake_probability: float
     label: str
+
+
+class Frame(BaseModel):
+    """One sampled frame of a video and its verdict (its most suspicious face)."""
+
+    frame: int | None
+    fake_probability: float | None
+    label: str
+    faces: list[Face]
+    no_face: bool
+
+
+class Prediction(BaseModel):
+    """The verdict for one image (its most suspicious face) or video (the mean of its frames' verdicts)."""
+
+    kind: str
+    fake_probability: float | None
+    label: str | None
     threshold: float
+    faces: list[Face] = []
+    no_face: bool = False
+    frames: list[Frame] = []
     model: ModelIdentity
-    detectors: dict[str, float]
+    detectors: dict[str, float | None]
     latency_ms: float
     filename: str | None = None
 
@@ -83,6 +109,7 @@ IMAGE_BODY = {
         "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
                                            "properties": {"file": {"type": "string", "format": "binary"}}}},
         "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "video/*": {"schema": {"type": "string", "format": "binary"}},
     },
 }
 BATCH_BODY = {
@@ -93,8 +120,9 @@ BATCH_BODY = {
     }}},
 }
 ERRORS = {code: {"description": text, "content": {"application/json": {"example": {"error": "a sentence"}}}}
-          for code, text in [(400, "unreadable, empty or truncated image"), (401, "missing or wrong token"),
-                             (413, "body or image too large"), (415, "not an image content type")]}
+          for code, text in [(400, "unreadable, empty or truncated image or video"), (401, "missing or wrong token"),
+                             (413, "body, image or video too large, or video too long"),
+                             (415, "not an image or video content type")]}
 
 api = FastAPI(
     title="Deepfake image detector",
@@ -131,7 +159,8 @@ class DeepfakeAPI:
 
     def __init__(self, detectors: dict[str, DeploymentHandle], combiner: dict[str, Any],
                  threshold: float | None, model: dict[str, str] | None, limits: Limits,
-                 token_env: str, auth_required: bool):
+                 token_env: str, auth_required: bool, faces: dict[str, Any] | None = None,
+                 video_threshold: float | None = None, explainer: str | None = None):
         self.token = os.environ.get(token_env, "")
         if auth_required and not self.token:
             raise RuntimeError(
@@ -143,8 +172,13 @@ class DeepfakeAPI:
         self.limits = limits
         # None for a single detector: its own validation threshold and identity, read once it has loaded.
         self.threshold = threshold
+        self.video_threshold = video_threshold
         self.model = model
         self.members: list[dict[str, Any]] | None = None
+        # The face preset the model was trained with: the server crops faces the same way.
+        self.faces = dict(faces or {})
+        self.explainer = explainer
+        self.scorer: MediaScorer | None = None
 
     async def _load_members(self) -> list[dict[str, Any]]:
         """Each detector's info; waits until every Detector replica has loaded its model."""
@@ -156,6 +190,9 @@ class DeepfakeAPI:
                 self.threshold = members[0]["threshold"]
                 self.model = {"name": infos[0]["name"], "checkpoint": infos[0]["checkpoint"],
                               "sha256": infos[0]["sha256"]}
+            self.scorer = MediaScorer(faces=FacePreset.from_dict(self.faces), threshold=self.threshold,
+                                      video_threshold=self.video_threshold, num_frames=self.limits.video_frames,
+                                      max_pixels=self.limits.max_pixels)
             self.members = members
         return self.members
 
@@ -191,41 +228,59 @@ class DeepfakeAPI:
                              "is restarting or overloaded); retry the request in a few seconds.",
                         headers={"Retry-After": "5"})
 
-    async def _predict(self, uploads: list[tuple[str | None, bytes]], started: float) -> list[dict[str, Any]]:
-        await self._load_members()
-        images = [await asyncio.to_thread(decode_image, name, data, self.limits.max_pixels) for name, data in uploads]
+    async def _pictures(self, upload: Upload) -> tuple[str, list[Image.Image], list[int | None]]:
+        """The pictures of an upload: one image, or a video's sampled frames (a 4xx sentence when bad)."""
+        if upload.is_video:
+            frames = await asyncio.to_thread(decode_video, upload, self.limits)
+            return "video", [image for _, image in frames], [index for index, _ in frames]
+        image = await asyncio.to_thread(decode_image, upload.name, upload.data, self.limits.max_pixels)
+        return "image", [image], [None]
+
+    async def _scores(self, inputs: list[Image.Image]) -> np.ndarray:
+        """(inputs x detectors) fake probabilities; every call sent before any is awaited, so the detectors
+        work in parallel and batch the crops."""
         deadline = time.monotonic() + self.limits.retry_timeout_s
-        # Every call is sent before any is awaited: the detectors work in parallel and batch the images.
-        calls = [[asyncio.ensure_future(self._score(name, handle, image, deadline))
-                  for name, handle in self.detectors.items()] for image in images]
+        calls = [[asyncio.ensure_future(self._score(name, handle, crop, deadline))
+                  for name, handle in self.detectors.items()] for crop in inputs]
         try:
-            probabilities = np.array([[await call for call in row] for row in calls], dtype=np.float64)
+            return np.array([[await call for call in row] for row in calls], dtype=np.float64).reshape(
+                len(inputs), len(self.detectors))
         finally:
             for call in (call for row in calls for call in row):
                 call.cancel()
-        fused = self.combiner.apply(probabilities)
+
+    async def _predict_one(self, upload: Upload) -> dict[str, Any]:
+        kind, pictures, frames = await self._pictures(upload)
+        scorer = self.scorer
+        plan = await asyncio.to_thread(scorer.plan, pictures, frames)
+        probabilities = await self._scores(plan.inputs)
+        verdicts = scorer.assemble(plan, self.combiner.apply(probabilities) if len(plan.inputs) else [])
+        members = {name: scorer.assemble(plan, probabilities[:, j]) for j, name in enumerate(self.detectors)}
+        if kind == "video":
+            answer = scorer.video_verdict(verdicts, upload.name).to_dict()
+            detectors = {name: scorer.video_verdict(member).fake_probability for name, member in members.items()}
+        else:
+            answer = scorer.image_verdict(verdicts[0], upload.name).to_dict()
+            detectors = {name: member[0].fake_probability for name, member in members.items()}
+        answer["filename"] = answer.pop("name")
+        return {**answer, "detectors": detectors, "model": self.model}
+
+    async def _predict(self, uploads: list[Upload], started: float) -> list[dict[str, Any]]:
+        await self._load_members()
+        answers = await asyncio.gather(*(self._predict_one(upload) for upload in uploads))
         latency_ms = (time.perf_counter() - started) * 1000.0
-        return [
-            {
-                "fake_probability": float(p),
-                "label": "fake" if p >= self.threshold else "real",
-                "threshold": self.threshold,
-                "model": self.model,
-                "detectors": dict(zip(self.detectors, row.tolist(), strict=True)),
-                "latency_ms": latency_ms,
-                "filename": name,
-            }
-            for (name, _), p, row in zip(uploads, fused, probabilities, strict=True)
-        ]
+        return [{**answer, "latency_ms": latency_ms} for answer in answers]
 
     @api.post("/predict", response_model=Prediction, responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
     async def predict(self, request: Request) -> dict[str, Any]:
-        """Fake probability of one image: a raw body with an image content type, or the multipart field `file`."""
+        """Verdict for one image or short video (mp4, webm, avi, mov): a raw body with its content type, or the
+        multipart field `file`. Faces are cropped as the model was trained; each face gets its box and fake
+        probability, the image its most suspicious face, a video the mean of its sampled frames."""
         started = time.perf_counter()
         self._authorize(request)
         uploads = await read_uploads(request, self.limits)
         if len(uploads) != 1:
-            raise APIError(400, f"/predict takes one image, got {len(uploads)}; send several to /predict/batch.")
+            raise APIError(400, f"/predict takes one file, got {len(uploads)}; send several to /predict/batch.")
         return (await self._predict(uploads, started))[0]
 
     @api.post("/predict/batch", response_model=list[Prediction], responses=ERRORS,
@@ -239,6 +294,34 @@ class DeepfakeAPI:
             raise APIError(413, f"{len(uploads)} images is more than the limit of {self.limits.max_batch_files} "
                                 "per request; split the batch.")
         return await self._predict(uploads, started)
+
+    @api.post("/explain", responses={**ERRORS, 200: {"content": {"image/png": {}},
+                                                     "description": "the heatmap of the most suspicious face"}},
+              openapi_extra={"requestBody": IMAGE_BODY})
+    async def explain(self, request: Request) -> Response:
+        """Grad-CAM of the CNN and ViT branches, fused, on the image's most suspicious face (or the whole image
+        without one), as a PNG; its box and fake probability are in the X-Face-Box and X-Fake-Probability
+        headers."""
+        self._authorize(request)
+        uploads = await read_uploads(request, self.limits)
+        if len(uploads) != 1:
+            raise APIError(400, f"/explain takes one image, got {len(uploads)}.")
+        if self.explainer is None:
+            raise APIError(422, "this model has no neural network to explain (a frequency detector); deploy a "
+                                "detector checkpoint or an ensemble with one.")
+        if uploads[0].is_video:
+            raise APIError(415, "/explain takes an image; to explain a video, send one of its frames.")
+        await self._load_members()
+        _, pictures, frames = await self._pictures(uploads[0])
+        plan = await asyncio.to_thread(self.scorer.plan, pictures, frames)
+        probabilities = await self._scores(plan.inputs)
+        fused = self.combiner.apply(probabilities) if len(plan.inputs) else np.zeros(0)
+        top = int(np.argmax(fused)) if len(fused) else 0
+        png, probability = await self.detectors[self.explainer].explain.remote(plan.inputs[top])
+        boxes = plan.boxes[0]
+        headers = {"X-Fake-Probability": f"{probability:.6f}",
+                   "X-Face-Box": ",".join(map(str, boxes[top].as_list())) if boxes else "none"}
+        return Response(png, media_type="image/png", headers=headers)
 
     async def _ready_members(self) -> list[dict[str, Any]]:
         """The members, after every detector has answered again: a replica that died since loading shows here."""
@@ -307,15 +390,27 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if isinstance(record, EnsembleCheckpoint):
         spec = load_ensemble(path)
         detectors = {m.name: Detector.options(name=f"Detector_{m.name}").bind(m.path, **batching) for m in spec.members}
-        combiner, threshold = spec.combiner.to_dict(), spec.threshold
+        combiner, threshold, video_threshold = spec.combiner.to_dict(), spec.threshold, None
         model = {"name": spec.name, "checkpoint": path.name, "sha256": file_sha256(path)}
+        records = {m.name: read_checkpoint(m.path) for m in spec.members}
     else:
-        name = record.detector if isinstance(record, DetectorCheckpoint) else record.kind
-        detectors = {safe_name(name): Detector.bind(str(path), **batching)}
+        name = safe_name(record.detector if isinstance(record, DetectorCheckpoint) else record.kind)
+        detectors = {name: Detector.bind(str(path), **batching)}
         combiner, threshold, model = Combiner("mean").to_dict(), None, None
-    limits = Limits(options.max_body_bytes, options.max_pixels, options.max_batch_files, options.retry_timeout_s)
+        video_threshold = record.video.get("threshold") if isinstance(record, DetectorCheckpoint) and record.video else None
+        records = {name: record}
+    torch_members = [name for name, member in records.items() if isinstance(member, DetectorCheckpoint)]
+    # The face preset the detectors were trained with (an ensemble's members share one), unless args.faces
+    # overrides the mode.
+    faces = next((dict(member.faces) for member in records.values() if getattr(member, "faces", None)), {})
+    if options.faces:
+        faces["mode"] = options.faces
+    limits = Limits(options.max_body_bytes, options.max_pixels, options.max_batch_files, options.retry_timeout_s,
+                    options.max_video_bytes, options.max_video_seconds, options.video_frames)
     auth_required = bool(os.environ.get(options.token_env))
-    return DeepfakeAPI.bind(detectors, combiner, threshold, model, limits, options.token_env, auth_required)
+    return DeepfakeAPI.bind(detectors, combiner, threshold, model, limits, options.token_env, auth_required,
+                            faces=faces, video_threshold=video_threshold,
+                            explainer=torch_members[0] if torch_members else None)
 
 
 def _end_serve_run(message: str) -> None:

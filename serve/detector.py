@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 
 from PIL import Image
@@ -31,6 +32,18 @@ class Detector:
     def info(self) -> dict[str, Any]:
         """The detector's identity, threshold and validation AUC."""
         return self.member.info.to_dict()
+
+    async def explain(self, image: Image.Image) -> tuple[bytes, float]:
+        """Grad-CAM of this detector on one picture, as PNG bytes, and its fake probability."""
+        from deepfake_platform.explain import explain_image
+
+        def run() -> tuple[bytes, float]:
+            heat, _, probability = explain_image(self.member.module, self.member.transform, image)
+            buffer = io.BytesIO()
+            heat.save(buffer, format="PNG")
+            return buffer.getvalue(), probability
+
+        return await asyncio.to_thread(run)
 
     @serve.batch(max_batch_size=BATCH_DEFAULTS.max_batch_size, batch_wait_timeout_s=BATCH_DEFAULTS.batch_wait_timeout_s)
     async def predict(self, images: list[Image.Image]) -> list[float]:

@@ -26,6 +26,12 @@ class AppArgs(Section):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # How long a request may wait for a live Detector replica (one died mid-request, or is starting again).
     retry_timeout_s: float = Field(30.0, gt=0)
+    # Videos (mp4, webm, avi, mov...): bytes per upload, length, and the frames scored, evenly spaced.
+    max_video_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    max_video_seconds: float = Field(60.0, gt=0)
+    video_frames: int = Field(16, ge=1)
+    # Empty: crop faces as the model was trained (its checkpoint's face preset); off, largest or all override it.
+    faces: Literal["", "off", "largest", "all"] = ""
 
 
 def app_args(args: dict | None) -> AppArgs:

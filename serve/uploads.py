@@ -1,7 +1,9 @@
-"""Turning an HTTP request into decoded images, or into a 4xx error with a sentence saying what to fix.
+"""Turning an HTTP request into decoded images and video frames, or into a 4xx error with a sentence.
 
-Nothing here ever reads a file named by the request: images arrive as bytes (a raw body with an image
-content type, or multipart `file` / `files` fields) and are size-checked before and while reading.
+Nothing here ever reads a file named by the request: media arrive as bytes (a raw body with an image or
+video content type, or multipart `file` / `files` fields) and are size-checked before and while reading;
+an image against `max_body_bytes` and `max_pixels`, a video against `max_video_bytes`, its frame size
+and `max_video_seconds`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from PIL import Image
 from starlette.datastructures import UploadFile
@@ -16,9 +19,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from deepfake_platform.data import BadImageError, load_image
+from deepfake_platform.data.video import BadVideoError, is_video_name, sample_frames_from_bytes
 
-# Raw bodies: any image/* type, or bytes with no declared type.
-RAW_BODY_TYPES = ("image/", "application/octet-stream")
+# Raw bodies: any image/* or video/* type, or bytes with no declared type.
+RAW_BODY_TYPES = ("image/", "video/", "application/octet-stream")
 FILE_FIELDS = ("file", "files")
 
 
@@ -40,6 +44,35 @@ class Limits:
     max_pixels: int
     max_batch_files: int
     retry_timeout_s: float = 30.0
+    max_video_bytes: int = 50 * 1024 * 1024
+    max_video_seconds: float = 60.0
+    video_frames: int = 16
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The most a request may carry: a video may be larger than an image."""
+        return max(self.max_body_bytes, self.max_video_bytes)
+
+    def to_dict(self) -> dict[str, float]:
+        """A JSON-ready dict (shown by GET /models)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: its name (None for a raw body), declared content type, and bytes."""
+
+    name: str | None
+    content_type: str
+    data: bytes
+
+    @property
+    def is_video(self) -> bool:
+        """A video by its declared type, its file name, or its first bytes (MP4/MOV, WebM/MKV, AVI)."""
+        head = self.data[:16]
+        magic = head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+        named = bool(self.name) and is_video_name(self.name)
+        return self.content_type.startswith("video/") or named or magic
 
     def to_dict(self) -> dict[str, float]:
         """A JSON-ready dict (shown by GET /models)."""
@@ -78,11 +111,11 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-async def read_uploads(request: Request, limits: Limits) -> list[tuple[str | None, bytes]]:
-    """(filename, bytes) of each uploaded image: the multipart `file`/`files` fields, or the raw body (no name)."""
+async def read_uploads(request: Request, limits: Limits) -> list[Upload]:
+    """Each uploaded file: the multipart `file`/`files` fields, or the raw body (no name)."""
     media_type = content_type(request)
     if media_type == "multipart/form-data":
-        body = await read_body(request, limits.max_body_bytes)
+        body = await read_body(request, limits.max_request_bytes)
         if not body:
             raise APIError(400, "the request body is empty: attach the image as the multipart field `file`.")
         parser = MultiPartParser(request.headers, _once(body), max_files=limits.max_batch_files)
@@ -96,20 +129,31 @@ async def read_uploads(request: Request, limits: Limits) -> list[tuple[str | Non
             raise APIError(400, "no image in the form: attach it as the multipart field `file`.")
         if not all(isinstance(item, UploadFile) for item in uploads):
             raise APIError(400, "the `file` field must be a file upload, not text.")
-        files = [(item.filename or f"upload {i + 1}", await item.read()) for i, item in enumerate(uploads)]
+        files = [Upload(item.filename or f"upload {i + 1}", (item.content_type or "").lower(), await item.read())
+                 for i, item in enumerate(uploads)]
         await form.close()
-        return files
+        return [check_size(upload, limits) for upload in files]
     if media_type.startswith(RAW_BODY_TYPES):
-        body = await read_body(request, limits.max_body_bytes)
+        body = await read_body(request, limits.max_request_bytes)
         if not body:
             raise APIError(400, "the request body is empty: send the image bytes as the body.")
-        return [(None, body)]
+        return [check_size(Upload(None, media_type, body), limits)]
     shown = media_type or "none"
     raise APIError(
         415,
-        f"unsupported content type {shown}: send the image as the raw body with an image content type "
-        "(e.g. image/jpeg) or as the multipart/form-data field `file`.",
+        f"unsupported content type {shown}: send the image or video as the raw body with its content type "
+        "(e.g. image/jpeg, video/mp4) or as the multipart/form-data field `file`.",
     )
+
+
+def check_size(upload: Upload, limits: Limits) -> Upload:
+    """`upload`, or a 413 when it is over the limit of its kind (images and videos have their own)."""
+    limit = limits.max_video_bytes if upload.is_video else limits.max_body_bytes
+    if len(upload.data) > limit:
+        what = "video" if upload.is_video else "image"
+        raise APIError(413, f"{upload.name or 'the uploaded ' + what} is {len(upload.data):,} bytes, over the {what} "
+                            f"limit of {limit:,} bytes; send a smaller or recompressed {what}.")
+    return upload
 
 
 def _pixel_count(data: bytes) -> float:
@@ -121,6 +165,18 @@ def _pixel_count(data: bytes) -> float:
         return float("inf")
     except Exception:  # any unreadable header means "not too large": the 400 path reports it
         return 0
+
+
+def decode_video(upload: Upload, limits: Limits) -> list[tuple[int, Image.Image]]:
+    """Sampled frames of an uploaded video: 413 when too long or too large per frame, 400 when undecodable."""
+    name = upload.name or "the uploaded video"
+    suffix = Path(upload.name).suffix.lower() if upload.name and is_video_name(upload.name) else ".mp4"
+    try:
+        return sample_frames_from_bytes(upload.data, suffix, num_frames=limits.video_frames,
+                                        max_pixels=limits.max_pixels, max_duration_s=limits.max_video_seconds)
+    except BadVideoError as err:
+        status = 413 if "more than the limit" in err.reason else 400
+        raise APIError(status, f"{name} {err.reason}") from err
 
 
 def decode_image(filename: str | None, data: bytes, max_pixels: int) -> Image.Image:

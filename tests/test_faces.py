@@ -11,6 +11,7 @@ from matplotlib import cbook
 from PIL import Image
 from skimage import data as skimage_data
 
+from deepfake_platform.config import ConfigError
 from deepfake_platform.data.faces import (
     FACE_MODES,
     FaceBox,
@@ -157,16 +158,16 @@ def test_crop_face_accepts_a_grey_image(astronaut):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"mode": "faces"}, "faces.mode is 'faces'; choose one of off, largest, all."),
-    ({"detector": "dlib"}, "faces.detector is 'dlib'; choose one of haar, yunet."),
-    ({"margin": 0.8}, "faces.margin is 0.8; it must be a number of at least 1"),
-    ({"crop_size": 8}, "faces.crop_size is 8; it must be a whole number of pixels, at least 16"),
-    ({"crop_size": 64.0}, "faces.crop_size is 64.0"),
-    ({"mode": "largest", "detector": "yunet"}, "faces.model_path is empty; set it to a local copy of "
+    ({"mode": "faces"}, "faces.mode: input should be 'off', 'largest' or 'all', got 'faces'"),
+    ({"detector": "dlib"}, "faces.detector: input should be 'haar' or 'yunet', got 'dlib'"),
+    ({"margin": 0.8}, "faces.margin: input should be greater than or equal to 1, got 0.8"),
+    ({"crop_size": 8}, "faces.crop_size: input should be greater than or equal to 16, got 8"),
+    ({"crop_size": 64.0}, "faces.crop_size: input should be a valid integer, got 64.0"),
+    ({"mode": "largest", "detector": "yunet"}, "faces: model_path is empty; set it to a local copy of "
                                                "face_detection_yunet_2023mar.onnx"),
 ])
 def test_face_preset_validation_sentences(values, message):
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ConfigError) as error:
         FacePreset.from_dict(values)
     assert message in str(error.value)
 
@@ -177,7 +178,7 @@ def test_face_preset_from_dict():
     assert (preset.mode, preset.margin, preset.crop_size) == ("largest", 1.5, 256)
     assert FacePreset.from_dict(preset.to_dict()) == preset
     assert FacePreset.from_dict({"mode": "off", "detector": "yunet"}).detector == "yunet"
-    with pytest.raises(ValueError, match="unknown key.* faces.size in the faces config; the known keys are mode,"):
+    with pytest.raises(ConfigError, match="unknown key faces.size; known keys here: crop_size, detector, margin, mode,"):
         FacePreset.from_dict({"size": 224})
     assert set(FACE_MODES) == {"off", "largest", "all"}
 

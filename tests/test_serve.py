@@ -6,23 +6,29 @@ frequency detector) at /ensemble, both behind bearer-token auth, on 2 CPUs.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import skimage.data
 import yaml
 from PIL import Image
 
 from deepfake_platform.checkpoints import file_sha256
 from deepfake_platform.config import ConfigError
+from deepfake_platform.data import load_image
+from deepfake_platform.data.video import write_video
 from deepfake_platform.ensemble import (
     Combiner,
     EnsembleSpec,
     MemberSpec,
+    load_predictor,
     save_ensemble,
     save_frequency_member,
     weighted_combine,
@@ -68,7 +74,16 @@ def files(tmp_path_factory):
     for i, fmt in enumerate(["JPEG", "PNG", "JPEG"]):
         images[i] = root / f"image{i}.{fmt.lower()}"
         images[i].write_bytes(encoded(photo(100 + i), fmt))
-    return {"checkpoint": checkpoint, "ensemble": save_ensemble(spec, root / "ensemble.pth"), "images": images}
+    # A detector trained on face crops: its checkpoint records the preset the server must crop with.
+    faces = tiny_checkpoint(root / "faces.pth", 0.5, faces={"mode": "largest", "detector": "haar", "margin": 1.3,
+                                                           "crop_size": 96})
+    astronaut = Image.fromarray(skimage.data.astronaut())
+    (root / "astronaut.jpg").write_bytes(encoded(astronaut, "JPEG"))
+    moving = [np.asarray(astronaut.crop((4 * i, 2 * i, 320 + 4 * i, 320 + 2 * i))) for i in range(12)]
+    write_video(root / "clip.mp4", moving, fps=10)  # 1.2 s
+    write_video(root / "long.mp4", moving * 3, fps=10)  # 3.6 s, over the faces app's 2 s limit
+    return {"checkpoint": checkpoint, "ensemble": save_ensemble(spec, root / "ensemble.pth"), "images": images,
+            "faces": faces, "astronaut": root / "astronaut.jpg", "clip": root / "clip.mp4", "long": root / "long.mp4"}
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +95,15 @@ def base_url(files):
     saved = {key: os.environ.get(key) for key in (TOKEN_ENV,)}
     os.environ[TOKEN_ENV] = TOKEN  # the builder sees it, and the replicas inherit it from the local Ray
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    # Four logical CPUs for three apps' replicas on the machine's two cores.
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         common = {"token_env": TOKEN_ENV, "max_body_bytes": MAX_BODY, "max_batch_files": 4}
         serve.run(build_app({"model": str(files["checkpoint"]), **common}), name="single", route_prefix="/single")
         serve.run(build_app({"model": str(files["ensemble"]), **common}), name="ensemble", route_prefix="/ensemble")
+        serve.run(build_app({"model": str(files["faces"]), "max_video_seconds": 2, "video_frames": 4, **common,
+                             "max_body_bytes": 2_000_000}), name="faces", route_prefix="/faces")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -126,6 +144,9 @@ def test_predict_raw_and_multipart_agree(client, files):
     assert result["model"] == {"name": "hybrid_tiny", "checkpoint": "best.pth",
                                "sha256": file_sha256(files["checkpoint"])}
     assert result["detectors"] == {"hybrid_tiny": result["fake_probability"]}
+    # One predict path: the server's answer is what the predictor evaluation uses gives for the same file.
+    offline = load_predictor(files["checkpoint"]).predict_images([load_image(files["images"][0])])[0]
+    assert result["fake_probability"] == pytest.approx(float(offline), abs=1e-6)
     with open(files["images"][0], "rb") as handle:
         form = client.post("/single/predict", files={"file": ("face.jpg", handle, "image/jpeg")})
     assert form.status_code == 200, form.text
@@ -266,3 +287,88 @@ def test_missing_model_stops_the_start_with_a_sentence(tmp_path):
         build_app({"modle": "artifacts/best.pth"})
     with pytest.raises(ConfigError, match="retry_timeout_s"):
         build_app({"retry_timeout_s": -1})
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_odd_shapes_under_the_pixel_limit_cost_seconds_not_minutes(base_url, client, tmp_path):
+    from tests.test_data import adversarial_images
+
+    for name, path in adversarial_images(tmp_path).items():
+        body = path.read_bytes()
+        assert len(body) < MAX_BODY, name
+        started = time.perf_counter()
+        response = client.post("/single/predict", content=body, headers={"Content-Type": "image/png"})
+        assert response.status_code == 200, f"{name}: {response.text}"
+        assert 0.0 <= response.json()["fake_probability"] <= 1.0
+        assert time.perf_counter() - started < 10.0, name
+    assert httpx.get(f"{base_url}/single/healthz", timeout=TIMEOUT).status_code == 200
+
+
+# ---- faces, videos, explanations -------------------------------------------------------------------
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_face_model_answers_per_face_and_crops_as_it_was_trained(client, files):
+    response = client.post("/faces/predict", files={"file": ("astronaut.jpg", files["astronaut"].read_bytes())})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["kind"] == "image" and result["no_face"] is False
+    (face,) = result["faces"]  # the preset keeps the largest face
+    x, y, width, height = face["box"]
+    assert abs(x - 177) < 20 and abs(y - 66) < 20 and 80 < width < 120  # Haar's box on the astronaut's face
+    assert result["fake_probability"] == face["fake_probability"]  # the verdict is the most suspicious face
+    assert face["label"] == ("fake" if face["fake_probability"] >= 0.5 else "real")
+    # The server crops as the predict path does for the same checkpoint and preset.
+    from deepfake_platform.media import MediaScorer
+
+    offline = MediaScorer(load_predictor(files["faces"])).score_path(files["astronaut"])
+    assert offline.faces[0].box == face["box"]
+    assert offline.fake_probability == pytest.approx(result["fake_probability"], abs=1e-5)
+    # A picture without a face is a normal answer, scored whole.
+    noise = client.post("/faces/predict", content=files["images"][1].read_bytes(), headers={"Content-Type": "image/png"})
+    assert noise.status_code == 200 and noise.json()["no_face"] is True and noise.json()["faces"] == []
+    assert 0.0 <= noise.json()["fake_probability"] <= 1.0
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_video_is_answered_with_its_frames_and_their_mean(client, files):
+    clip = files["clip"].read_bytes()
+    response = client.post("/faces/predict", content=clip, headers={"Content-Type": "video/mp4"})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["kind"] == "video" and len(result["frames"]) == 4  # the app's video_frames
+    assert [frame["frame"] for frame in result["frames"]] == [0, 3, 7, 11]
+    assert all(len(frame["faces"]) == 1 for frame in result["frames"])
+    mean = np.mean([frame["fake_probability"] for frame in result["frames"]])
+    assert result["fake_probability"] == pytest.approx(mean)
+    as_file = client.post("/faces/predict", files={"file": ("clip.mp4", clip)})  # told apart by name and bytes
+    assert as_file.status_code == 200 and as_file.json()["kind"] == "video"
+    cases = [
+        ("too long", files["long"].read_bytes(), 413, "longer"),
+        ("truncated", clip[: len(clip) // 2], 400, "clip"),
+        ("not a video", b"hello world, not a video", 400, "video"),
+    ]
+    for name, body, status, _ in cases:
+        refused = client.post("/faces/predict", content=body, headers={"Content-Type": "video/mp4"})
+        assert refused.status_code == status, f"{name}: {refused.status_code} {refused.text}"
+        error = refused.json()["error"]
+        assert isinstance(error, str) and len(error) > 20 and error.endswith("."), f"{name}: {error}"
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_explain_returns_a_heatmap_png_of_the_most_suspicious_face(client, files):
+    response = client.post("/faces/explain", files={"file": ("astronaut.jpg", files["astronaut"].read_bytes())})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    heat = Image.open(io.BytesIO(response.content))
+    assert heat.size == (64, 64)  # the face crop as the 64 px model saw it
+    assert np.asarray(heat).std() > 1.0  # a heatmap, not a flat picture
+    x, y, _, _ = map(int, response.headers["x-face-box"].split(","))
+    assert abs(x - 177) < 20 and abs(y - 66) < 20
+    assert 0.0 <= float(response.headers["x-fake-probability"]) <= 1.0
+    video = client.post("/faces/explain", content=files["clip"].read_bytes(), headers={"Content-Type": "video/mp4"})
+    assert video.status_code == 415 and "frame" in video.json()["error"]

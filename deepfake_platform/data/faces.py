@@ -20,12 +20,15 @@ import math
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
 from PIL import Image
+from pydantic import Field, model_validator
+
+from deepfake_platform.config import Section, build
 
 FACE_MODES = ("off", "largest", "all")
 FACE_DETECTORS = ("haar", "yunet")
@@ -204,53 +207,31 @@ def _largest_first(boxes: list[FaceBox]) -> list[FaceBox]:
     return sorted(boxes, key=lambda box: (box.area, box.score), reverse=True)
 
 
-@dataclass(frozen=True)
-class FacePreset:
-    """How images become face crops: the `faces` section of a config."""
+class FacePreset(Section):
+    """How images become face crops: the `faces` section of a config, recorded in every checkpoint trained
+    on extracted faces so that prediction crops the same way."""
 
-    mode: str = "off"
-    detector: str = "haar"
+    mode: Literal["off", "largest", "all"] = "off"
+    detector: Literal["haar", "yunet"] = "haar"
     model_path: str = ""
-    margin: float = 1.3
-    crop_size: int = 256
+    margin: float = Field(1.3, ge=1.0)
+    crop_size: int = Field(256, ge=16)
 
-    def validate(self) -> None:
-        """Raise ValueError with a sentence naming the config key when a field is out of range."""
-        if self.mode not in FACE_MODES:
-            raise ValueError(f"faces.mode is {self.mode!r}; choose one of {', '.join(FACE_MODES)}.")
-        if self.detector not in FACE_DETECTORS:
-            raise ValueError(f"faces.detector is {self.detector!r}; choose one of {', '.join(FACE_DETECTORS)}.")
+    @model_validator(mode="after")
+    def _yunet_needs_its_file(self) -> FacePreset:
         if self.detector == "yunet" and self.mode != "off" and not self.model_path:
-            raise ValueError(f"faces.detector is 'yunet' but faces.model_path is empty; set it to a local copy "
-                             f"of {YUNET_MODEL_NAME} from OpenCV Zoo ({YUNET_MODEL_URL}), or use haar.")
-        if isinstance(self.margin, bool) or not isinstance(self.margin, int | float) or not self.margin >= 1.0:
-            raise ValueError(f"faces.margin is {self.margin!r}; it must be a number of at least 1 (1.3 adds "
-                             "30% around the face, as DeepfakeBench does).")
-        if isinstance(self.crop_size, bool) or not isinstance(self.crop_size, int) or self.crop_size < 16:
-            raise ValueError(f"faces.crop_size is {self.crop_size!r}; it must be a whole number of pixels, "
-                             "at least 16 (256 is usual).")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The preset as plain values, for configs and checkpoints."""
-        return asdict(self)
+            raise ValueError(f"model_path is empty; set it to a local copy of {YUNET_MODEL_NAME} from "
+                             f"OpenCV Zoo ({YUNET_MODEL_URL}), or use detector haar")
+        return self
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> FacePreset:
-        """A validated preset from a config mapping; missing keys take the defaults, unknown keys are errors."""
-        values = dict(values or {})
-        known = [field.name for field in fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(f'faces.{key}' for key in unknown)} in the faces "
-                             f"config; the known keys are {', '.join(known)}.")
-        preset = cls(**values)
-        preset.validate()
-        return preset
+        """A checked preset from a mapping (a config's or a checkpoint's); missing keys take the defaults."""
+        return build(cls, dict(values or {}), "the faces config", prefix="faces")
 
 
 def build_face_detector(preset: FacePreset) -> FaceDetector:
     """The detector `preset` names, built once per (detector, model_path) in this process and then reused."""
-    preset.validate()
     model_path = os.path.abspath(preset.model_path) if preset.detector == "yunet" else ""
     return _cached_detector(preset.detector, model_path)
 
@@ -309,7 +290,6 @@ def crop_face(image: Image.Image, box: FaceBox, *, margin: float, crop_size: int
 
 def detect_faces(image: Image.Image, preset: FacePreset, detector: FaceDetector | None = None) -> list[FaceCrop]:
     """Face crops of `image` per `preset.mode`: none for "off", at most one for "largest", all for "all"."""
-    preset.validate()
     if preset.mode == "off":
         return []
     detector = detector or build_face_detector(preset)

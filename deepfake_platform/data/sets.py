@@ -47,9 +47,9 @@ def face_preset_of(data_root: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as err:
-        raise DatasetError(f"{path} is not valid JSON ({err}); re-run experiments/extract_faces.py.") from err
+        return dict(json.loads(path.read_text())["preset"])
+    except (ValueError, TypeError, KeyError) as err:
+        raise DatasetError(f"{path} is not an extraction record ({err}); re-run experiments/extract_faces.py.") from err
 
 
 def source_videos(data_root: Path, paths: list[str]) -> list[str] | None:

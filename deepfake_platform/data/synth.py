@@ -310,7 +310,7 @@ def build_dataset(
 def ensure_embedded_dataset(
     path: str | Path = DEFAULT_DATA_DIR, *, counts: Mapping[str, int] = DEFAULT_COUNTS, size: int = DEFAULT_SIZE,
 ) -> Path:
-    """The default data set at `path`, built there first (420 images, seconds) when missing."""
+    """The embedded data set at `path`, built there first (seconds) when missing."""
     path = Path(path).expanduser().resolve()
     if (path / INFO_NAME).is_file():
         return path

@@ -47,15 +47,15 @@ class EvalPreset:
     def __init__(self, *, image_size: int = 224, mean: tuple[float, ...] = IMAGENET_MEAN,
                  std: tuple[float, ...] = IMAGENET_STD):
         self.resize_to = int(image_size * 256 / 224)
-        self.transform = T.Compose([
-            T.Resize(self.resize_to),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ])
+        self.resize_and_crop = T.Compose([T.Resize(self.resize_to), T.CenterCrop(image_size)])
+        self.to_tensor = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+
+    def geometry(self, image: Image.Image) -> Image.Image:
+        """The pixels the model sees, as a picture of image_size x image_size (the CPU-heavy half)."""
+        return self.resize_and_crop(centre_square(image, self.resize_to))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(centre_square(image, self.resize_to))
+        return self.to_tensor(self.geometry(image))
 
 
 def centre_square(image: Image.Image, resize_to: int) -> Image.Image:

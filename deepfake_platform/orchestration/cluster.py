@@ -48,8 +48,10 @@ def token_available() -> bool:
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
 
 
-def ensure_ray(*, verbose: bool = False) -> bool:
-    """Join or start Ray as described above; True when this call started a local Ray (stop it when done)."""
+def ensure_ray(*, verbose: bool = False, num_cpus: int | None = None) -> bool:
+    """Join or start Ray as described above; True when this call started a local Ray (stop it when done).
+
+    `num_cpus` sizes a local Ray this call starts (default: the machine's CPUs)."""
     address = os.environ.get("RAY_ADDRESS")
     if address and address != "local" and "RAY_AUTH_MODE" not in os.environ and token_available():
         # What Ray does itself when joining a cluster found on this machine: send the token it holds. Set
@@ -85,6 +87,8 @@ def ensure_ray(*, verbose: bool = False) -> bool:
     # machine; with several running it gives up and a stopped trial's placement group leaks: point it here.
     port = free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    if num_cpus:
+        options["num_cpus"] = num_cpus
     _init(ray, "local", {**options, "include_dashboard": True, "dashboard_port": port,
                          "runtime_env": {"env_vars": {**WORKER_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}})
     return True

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from deepfake_platform.reporting import cell, plot_roc, write_json, write_text_atomic
+from models import format_parameter_table
 
 SECTIONS = (
     "## Best model",
@@ -84,9 +85,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += ["", "![Training curves](training_curves.png)", ""]
 
     lines += [SECTIONS[3], "", f"Detector `{results['detector']}` with arguments `{json.dumps(results['detector_kwargs'])}`.", ""]
-    lines += ["| parameters | count |", "| --- | --- |"]
-    for key in ("total", "trainable", "frozen"):
-        lines.append(f"| {key} | {params[key]:,} |")
+    if "modules" in params:
+        lines += [format_parameter_table(params)]
+    else:
+        lines += ["| parameters | count |", "| --- | --- |"]
+        lines += [f"| {key} | {params[key]:,} |" for key in ("total", "trainable", "frozen")]
 
     train = config["train"]
     lines += ["", SECTIONS[4], "", "| hyperparameter | value |", "| --- | --- |"]
@@ -119,12 +122,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += [
         "", SECTIONS[7], "",
         "```python",
-        "import torch",
-        "from deepfake_platform.checkpoints import load_checkpoint, build_model_from_checkpoint",
+        "from deepfake_platform.checkpoints import build_model, read_checkpoint",
         "",
-        f"payload = load_checkpoint('{best['checkpoint']}')  # torch.load(..., weights_only=True)",
-        "model = build_model_from_checkpoint(payload).eval()",
-        "threshold = payload['val_threshold']  # chosen on validation",
+        f"record = read_checkpoint('{best['checkpoint']}')  # torch.load(..., weights_only=True)",
+        "model = build_model(record).eval()",
+        "threshold = record.val_threshold  # chosen on validation",
         "```",
         "",
         "Or serve it: `serve run serve.config` (loads `artifacts/best.pth`), or evaluate it again:",

@@ -18,8 +18,8 @@ from typing import Any
 from deepfake_platform.checkpoints import CheckpointError, DetectorCheckpoint, read_checkpoint
 from deepfake_platform.config import ExperimentConfig
 from deepfake_platform.orchestration.cluster import cpus_per_worker
-from deepfake_platform.outputs import RunPaths
-from deepfake_platform.training import read_status, train_loop_per_worker
+from deepfake_platform.orchestration.worker_entry import train_loop_per_worker
+from deepfake_platform.outputs import RunPaths, read_status
 
 
 class RunFailed(RuntimeError):
@@ -104,6 +104,9 @@ def run_training(config: ExperimentConfig, data_root: Path, resume_from: str | N
     run_name = f"{config.name}-from-{Path(resume_from).stem}-{int(time.time())}" if resume_from else config.name
     trainer = build_trainer(config, data_root, resume_from=resume_from, run_name=run_name, verbose=verbose)
     needed = config.scaling.num_workers * cpus_per_worker(config.scaling.cpus_per_worker, config.scaling.num_workers)
+    # The driver waits while the workers train: import what testing and reporting need meanwhile (seconds
+    # of torch, timm, torchvision and matplotlib that would otherwise come after the last epoch).
+    threading.Thread(target=_import_finalize_modules, name="warm-imports", daemon=True).start()
     with WaitingForNodes(needed, config.scaling.num_workers):
         result = fit_or_stop(trainer, paths, rerun_hint)
     status = result.return_value or read_status(paths.checkpoints) or {"status": "finished"}
@@ -115,6 +118,17 @@ def run_training(config: ExperimentConfig, data_root: Path, resume_from: str | N
     latest = sorted(paths.checkpoints.glob("epoch_*_auc_*.pth"))[-1]
     epoch_time = sum(row.get("epoch_time_s", 0.0) for row in read_checkpoint(latest, DetectorCheckpoint).history)
     return TrainingOutcome(config, paths, best, time.perf_counter() - start, epoch_time)
+
+
+def _import_finalize_modules() -> None:
+    import importlib
+
+    for module in ("deepfake_platform.evaluation", "deepfake_platform.orchestration.report", "models",
+                   "deepfake_platform.data.transforms", "matplotlib.pyplot", "sklearn.metrics"):
+        try:
+            importlib.import_module(module)
+        except Exception:  # a failed warm-up only means the import happens later, where it belongs
+            return
 
 
 def fit_or_stop(trainer: Any, paths: RunPaths, rerun_hint: str) -> Any:

@@ -34,9 +34,8 @@ from deepfake_platform.orchestration.sweep_report import (
     trial_row,
     write_table,
 )
-from deepfake_platform.outputs import RunPaths, is_uri, join_storage
+from deepfake_platform.outputs import RunPaths, is_uri, join_storage, read_status
 from deepfake_platform.reporting import write_text_atomic
-from deepfake_platform.training import read_status
 
 # ---- how big a trial is, from the cluster's nodes (pure) --------------------------------------------
 

@@ -1,0 +1,241 @@
+"""From raw media to verdicts: images and videos in, per-face fake probabilities and one verdict each out.
+
+A picture is cut into face crops the way the model was trained (the face preset its checkpoint records:
+detector, margin, crop size), each crop is scored through the one predict path, and the picture's verdict
+is its most suspicious face, as SBI's inference and commercial APIs report it. A picture with no face is
+said to have none (`no_face`) and scored as a whole, unless asked to skip it. A video is judged on frames
+sampled evenly (32 by default, DeepfakeBench's protocol): its fake probability is the mean of its frames'
+verdicts, labelled at the video threshold chosen on validation videos when the checkpoint has one.
+
+    scorer = MediaScorer(load_predictor("artifacts/best.pth"))
+    verdict = scorer.score_path("clip.mp4")           # verdict.fake_probability, verdict.frames, verdict.label
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from deepfake_platform.data.faces import FaceBox, FacePreset, build_face_detector, crop_face
+from deepfake_platform.data.images import DEFAULT_MAX_PIXELS, load_image
+from deepfake_platform.data.video import (
+    DEFAULT_NUM_FRAMES,
+    is_video_name,
+    sample_frames,
+    sample_frames_from_bytes,
+)
+
+
+@dataclass
+class FaceVerdict:
+    """One face: where it is (x, y, width, height in the picture's pixels), how fake it looks."""
+
+    box: list[int]
+    detector_score: float
+    fake_probability: float
+    label: str
+
+
+@dataclass
+class PictureVerdict:
+    """One image or video frame: its faces and its verdict (the most suspicious face, or the whole picture)."""
+
+    fake_probability: float
+    label: str
+    faces: list[FaceVerdict] = field(default_factory=list)
+    no_face: bool = False
+    skipped: bool = False
+    frame: int | None = None
+
+
+@dataclass
+class Plan:
+    """The inputs to score for some pictures, and which boxes (none: the whole picture) they came from."""
+
+    inputs: list[Image.Image]
+    boxes: list[list[FaceBox]]
+    frames: list[int | None]
+
+
+@dataclass
+class MediaVerdict:
+    """An image or a video: the verdict, the threshold it was labelled at, and what it is made of."""
+
+    kind: str  # "image" or "video"
+    fake_probability: float | None
+    label: str | None
+    threshold: float
+    faces: list[FaceVerdict] = field(default_factory=list)
+    no_face: bool = False
+    frames: list[PictureVerdict] = field(default_factory=list)
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+class MediaScorer:
+    """Face crops and verdicts for images and videos, from any predictor of the one predict path."""
+
+    def __init__(self, predictor: Any = None, *, faces: FacePreset | dict[str, Any] | str | None = None,
+                 num_frames: int = DEFAULT_NUM_FRAMES, every: int = 0, skip_no_face: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, threshold: float | None = None,
+                 video_threshold: float | None = None):
+        """`predictor` scores crops (any of the one predict path); without one (a server whose detectors are
+        remote) the scorer only plans crops and assembles verdicts, with the thresholds given here."""
+        self.predictor = predictor
+        self.preset = resolve_faces(predictor, faces)
+        self.detector = build_face_detector(self.preset) if self.preset.mode != "off" else None
+        self.num_frames, self.every = num_frames, every
+        self.skip_no_face, self.max_pixels = skip_no_face, max_pixels
+        self.threshold = float(threshold if threshold is not None else predictor.info.threshold)
+        video = getattr(getattr(predictor, "record", None), "video", {}) or {}
+        # Videos are labelled at the threshold chosen on validation videos when training had videos.
+        self.video_threshold = float(video_threshold if video_threshold is not None
+                                     else video.get("threshold", self.threshold))
+
+    def label(self, probability: float, threshold: float | None = None) -> str:
+        """`fake` at or above the threshold, else `real`."""
+        return "fake" if probability >= (self.threshold if threshold is None else threshold) else "real"
+
+    def crops(self, image: Image.Image) -> tuple[list[FaceBox], list[Image.Image]]:
+        """The face boxes of `image` and the crops the model scores (empty when faces are off or none found)."""
+        if self.detector is None:
+            return [], []
+        boxes = self.detector.detect(image)
+        if self.preset.mode == "largest":
+            boxes = boxes[:1]
+        return boxes, [crop_face(image, box, margin=self.preset.margin, crop_size=self.preset.crop_size)
+                       for box in boxes]
+
+    def plan(self, pictures: list[Image.Image], frames: list[int | None] | None = None) -> Plan:
+        """What to score for each picture: its face crops, or the whole picture (faces off, or none found and
+        not skipped). The inputs of every picture go to the predictor in one batch."""
+        found = [self.crops(picture) for picture in pictures]
+        inputs: list[Image.Image] = []
+        for picture, (_, crops) in zip(pictures, found, strict=True):
+            if crops:
+                inputs += crops
+            elif not (self.detector is not None and self.skip_no_face):
+                inputs.append(picture)
+        return Plan(inputs, [boxes for boxes, _ in found], frames or [None] * len(pictures))
+
+    def assemble(self, plan: Plan, probabilities: Any) -> list[PictureVerdict]:
+        """The pictures' verdicts from the probabilities of the plan's inputs, in order."""
+        scores = iter(float(p) for p in probabilities)
+        verdicts = []
+        for boxes, frame in zip(plan.boxes, plan.frames, strict=True):
+            no_face = self.detector is not None and not boxes
+            if no_face and self.skip_no_face:
+                verdicts.append(PictureVerdict(float("nan"), "unscored", no_face=True, skipped=True, frame=frame))
+                continue
+            if not boxes:
+                p = next(scores)
+                verdicts.append(PictureVerdict(p, self.label(p), no_face=no_face, frame=frame))
+                continue
+            faces = []
+            for box in boxes:
+                p = next(scores)
+                faces.append(FaceVerdict(box.as_list(), float(box.score), p, self.label(p)))
+            top = max(face.fake_probability for face in faces)
+            verdicts.append(PictureVerdict(top, self.label(top), faces=faces, frame=frame))
+        return verdicts
+
+    def score_pictures(self, pictures: list[Image.Image], frames: list[int | None] | None = None) -> list[PictureVerdict]:
+        """Verdicts for several pictures, every crop (or whole picture) scored in one batch."""
+        plan = self.plan(pictures, frames)
+        return self.assemble(plan, self.predictor.predict_images(plan.inputs) if plan.inputs else [])
+
+    def image_verdict(self, verdict: PictureVerdict, name: str | None = None) -> MediaVerdict:
+        """A picture's verdict as the answer for an image."""
+        skipped = verdict.skipped
+        return MediaVerdict("image", None if skipped else verdict.fake_probability, None if skipped else verdict.label,
+                            self.threshold, faces=verdict.faces, no_face=verdict.no_face, name=name)
+
+    def video_verdict(self, pictures: list[PictureVerdict], name: str | None = None) -> MediaVerdict:
+        """A video's verdict from its frames' verdicts: their mean, at the video threshold."""
+        scored = [p.fake_probability for p in pictures if not p.skipped]
+        probability = float(np.mean(scored)) if scored else None
+        label = None if probability is None else self.label(probability, self.video_threshold)
+        return MediaVerdict("video", probability, label, self.video_threshold, no_face=all(p.no_face for p in pictures),
+                            frames=pictures, name=name)
+
+    def score_image(self, image: Image.Image, name: str | None = None) -> MediaVerdict:
+        """One picture's verdict."""
+        return self.image_verdict(self.score_pictures([image])[0], name)
+
+    def score_frames(self, frames: list[tuple[int, Image.Image]], name: str | None = None) -> MediaVerdict:
+        """A video's verdict from its sampled frames: the mean of the frames' verdicts."""
+        return self.video_verdict(self.score_pictures([image for _, image in frames], [i for i, _ in frames]), name)
+
+    def score_path(self, path: str | Path) -> MediaVerdict:
+        """An image or a video file (told apart by its extension)."""
+        path = Path(path)
+        if is_video_name(path):
+            frames = sample_frames(path, num_frames=self.num_frames, every=self.every, max_pixels=self.max_pixels)
+            return self.score_frames(frames, name=str(path))
+        return self.score_image(load_image(path, max_pixels=self.max_pixels), name=str(path))
+
+    def score_video_bytes(self, data: bytes, suffix: str, *, max_duration_s: float | None = None,
+                          name: str | None = None) -> MediaVerdict:
+        """An uploaded video's verdict (its frames decoded from a temporary file)."""
+        frames = sample_frames_from_bytes(data, suffix, num_frames=self.num_frames, every=self.every,
+                                          max_pixels=self.max_pixels, max_duration_s=max_duration_s)
+        return self.score_frames(frames, name=name)
+
+
+def resolve_faces(predictor: Any, faces: FacePreset | dict[str, Any] | str | None) -> FacePreset:
+    """The face preset to crop with: the checkpoint's own unless told otherwise (a mode, a dict or a preset);
+    whole pictures for a model trained on whole pictures."""
+    recorded = dict(getattr(predictor, "faces", {}) or {})
+    if isinstance(faces, FacePreset):
+        return faces
+    if isinstance(faces, dict):
+        return FacePreset.from_dict({**recorded, **faces})
+    if isinstance(faces, str):
+        # A face mode on its own keeps the recorded detector, margin and crop size (the training's).
+        return FacePreset.from_dict({**recorded, "mode": faces})
+    return FacePreset.from_dict(recorded)
+
+
+@dataclass
+class Explanation:
+    """One face (or the whole picture when there is none): the Grad-CAM heatmap drawn on what the model saw."""
+
+    box: list[int] | None
+    fake_probability: float
+    image: Image.Image
+
+
+def explainable(predictor: Any) -> Any:
+    """The torch detector to explain for a predictor: itself, or an ensemble's first torch member."""
+    from deepfake_platform.predict import Predictor
+
+    if isinstance(predictor, Predictor):
+        return predictor
+    for member in getattr(predictor, "members", {}).values():
+        if isinstance(member, Predictor):
+            return member
+    raise ValueError(
+        f"{predictor.info.name} is not a neural network (the frequency detector has no gradients to explain); "
+        "explain a detector checkpoint or an ensemble with one."
+    )
+
+
+def explain_picture(scorer: MediaScorer, image: Image.Image) -> list[Explanation]:
+    """Grad-CAM of the CNN and ViT branches, fused, on each face crop of `image` (or on the whole image)."""
+    from deepfake_platform.explain import explain_image
+
+    member = explainable(scorer.predictor)
+    boxes, crops = scorer.crops(image)
+    targets = list(zip(boxes, crops, strict=True)) or [(None, image)]
+    explanations = []
+    for box, picture in targets:
+        heat, _, probability = explain_image(member.module, member.transform, picture)
+        explanations.append(Explanation(box.as_list() if box is not None else None, probability, heat))
+    return explanations
