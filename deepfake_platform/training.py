@@ -39,7 +39,7 @@ from deepfake_platform.checkpoints import (
     write_checkpoint,
 )
 from deepfake_platform.config import ConfigError, ExperimentConfig, config_from_dict
-from deepfake_platform.metrics import auc_key, choose_threshold, roc_auc
+from deepfake_platform.metrics import auc_key, choose_threshold, roc_auc, video_scores
 from deepfake_platform.outputs import RunPaths, clear_status, write_status
 from deepfake_platform.predict import autocast, forward_logits, resolve_precision
 from models import parameter_table
@@ -128,7 +128,7 @@ def make_loaders(config: ExperimentConfig, data_root: Path, image_size: int, ran
     from deepfake_platform.data import build_training_set, build_validation_set
 
     train_set = build_training_set(data_root, image_size, self_blend=config.data.self_blend, seed=config.train.seed)
-    val_set = build_validation_set(data_root, image_size)
+    val_set = build_validation_set(data_root, image_size, self_blend=config.data.self_blend, seed=config.train.seed)
     train_sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
                                        seed=config.train.seed)
     workers = loader_workers(config, cpus)
@@ -234,15 +234,18 @@ def gather(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(np.concatenate([share[i] for share in shares]) for i in range(len(arrays)))
 
 
-def validate(model: nn.Module, loader: DataLoader, device: torch.device, precision: str) -> dict[str, Any]:
-    """Validation loss, AUC, the decision threshold and the scores of each class, over every image once."""
+def validate(model: nn.Module, loader: DataLoader, device: torch.device, precision: str,
+             videos: list[str] | None = None) -> dict[str, Any]:
+    """Validation loss, AUC, the decision threshold and the scores of each class, over every image once;
+    with `videos` (each validation sample's source video), the video AUC and the video threshold too."""
     logits, labels = [], []
     for images, batch_labels in loader:
         logits.append(forward_logits(model, images, device, precision))
         labels.append(batch_labels.numpy())
     logits_all = np.concatenate(logits) if logits else np.zeros(0, np.float32)
     labels_all = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
-    logits_all, labels_all = gather(logits_all, labels_all)
+    indices = np.asarray(getattr(loader.sampler, "indices", range(len(labels_all))), dtype=np.int64)
+    logits_all, labels_all, indices = gather(logits_all, labels_all, indices)
     if not np.isfinite(logits_all).all():
         raise TrainingDiverged(
             "training diverged: the model's validation outputs are not finite numbers. Lower train.lr or train "
@@ -251,13 +254,19 @@ def validate(model: nn.Module, loader: DataLoader, device: torch.device, precisi
     loss = nn.functional.binary_cross_entropy_with_logits(
         torch.from_numpy(logits_all), torch.from_numpy(labels_all).float(), reduction="sum")
     scores = 1.0 / (1.0 + np.exp(-logits_all.astype(np.float64)))
-    return {
+    metrics = {
         "val_loss": float(loss) / max(len(labels_all), 1),
         "val_auc": roc_auc(labels_all, scores),
         "val_threshold": choose_threshold(labels_all, scores),
         "val_images": int(len(labels_all)),
         "scores": {"real": scores[labels_all == 0].tolist(), "fake": scores[labels_all == 1].tolist()},
     }
+    if videos is not None:
+        # A video's score is the mean of its frames' (DeepfakeBench); its threshold is chosen on videos.
+        per_video, video_labels, _ = video_scores(scores, labels_all, [videos[i] for i in indices])
+        metrics["val_video_auc"] = roc_auc(video_labels, per_video)
+        metrics["val_video_threshold"] = choose_threshold(video_labels, per_video)
+    return metrics
 
 
 def epoch_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, config: ExperimentConfig, epoch: int,
@@ -279,6 +288,8 @@ def epoch_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, config:
         val_scores=metrics["scores"],
         faces=dict(faces),
         precision=precision,
+        video=({"val_auc": float(metrics["val_video_auc"]), "threshold": float(metrics["val_video_threshold"])}
+               if "val_video_auc" in metrics else {}),
     )
 
 
@@ -377,9 +388,11 @@ def _train(loop_config: dict[str, Any], paths: RunPaths) -> None:
     data_root = Path(loop_config["data_root"])
     train_loader, val_loader = make_loaders(config, data_root, image_size_for(config, model), rank, world_size,
                                             cpus=loop_config["cpus_per_worker"])
-    from deepfake_platform.data import face_preset_of
+    from deepfake_platform.data import face_preset_of, source_videos
 
     faces = face_preset_of(data_root)
+    val_paths = [path for path, _ in getattr(val_loader.dataset, "samples", [])]
+    videos = source_videos(data_root, val_paths) if val_paths else None
 
     writer = None
     if rank == 0:
@@ -414,7 +427,7 @@ def _train(loop_config: dict[str, Any], paths: RunPaths) -> None:
                     "checkpoints of earlier epochs are kept."
                 )
             # Validate the unwrapped model: DDP's forward is a collective, and shards differ in length.
-            val_stats = validate(model, val_loader, device, precision)
+            val_stats = validate(model, val_loader, device, precision, videos)
             scores = val_stats.pop("scores")
             metrics = {"epoch": epoch, **train_stats, **val_stats, "lr": optimizer.param_groups[0]["lr"],
                        "epoch_time_s": time.perf_counter() - epoch_start, "world_size": world_size}

@@ -70,3 +70,23 @@ def test_mismatched_or_empty_inputs_are_errors():
         roc_auc(np.array([0, 1]), np.array([0.5]))
     with pytest.raises(ValueError, match="empty"):
         roc_auc(np.array([]), np.array([]))
+
+
+def test_video_auc_is_the_auc_of_each_videos_mean_frame_score():
+    from sklearn.metrics import roc_auc_score
+
+    from deepfake_platform.metrics import video_auc, video_scores
+
+    # Three real and three fake videos, 1-3 frames each, frames listed out of order.
+    videos = ["r1", "f1", "r2", "f2", "r1", "f3", "r3", "f2", "f1", "r2"]
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 1, 1, 0])
+    scores = np.array([0.2, 0.9, 0.6, 0.4, 0.4, 0.7, 0.1, 0.8, 0.5, 0.2])
+    per_video, video_labels, names = video_scores(scores, labels, videos)
+    assert names == ["f1", "f2", "f3", "r1", "r2", "r3"]
+    np.testing.assert_allclose(per_video, [0.7, 0.6, 0.7, 0.3, 0.4, 0.1])
+    assert video_labels.tolist() == [1, 1, 1, 0, 0, 0]
+    assert video_auc(scores, labels, videos) == pytest.approx(roc_auc_score(video_labels, per_video)) == 1.0
+    # Per frame the same scores rank worse: a real frame (0.6) beats two fake ones.
+    assert roc_auc(labels, scores) < 1.0
+    with pytest.raises(ValueError, match="carry both labels"):
+        video_scores(np.array([0.1, 0.2]), np.array([0, 1]), ["v", "v"])

@@ -33,12 +33,20 @@ def build_training_set(data_root: Path, image_size: int, *, self_blend: bool = F
     return ImageDataset(load_split(data_root, "train"), transform)
 
 
-def build_validation_set(data_root: Path, image_size: int):
-    """The validation split with the eval preset (what test and serving use too)."""
+def build_validation_set(data_root: Path, image_size: int, *, self_blend: bool = False, seed: int = 0):
+    """The validation split with the eval preset (what test and serving use too). With `self_blend` and a
+    validation split of real faces only, each real face also gets one pseudo-fake, the same every epoch."""
     from deepfake_platform.data.dataset import ImageDataset
     from deepfake_platform.data.transforms import build_transform
 
-    return ImageDataset(load_split(data_root, "val"), build_transform("eval", image_size))
+    transform = build_transform("eval", image_size)
+    if self_blend:
+        samples = load_split(data_root, "val", require_classes=("real",))
+        if not any(label == 1 for _, label in samples):
+            from deepfake_platform.data.blend import SelfBlendDataset
+
+            return SelfBlendDataset(samples, transform=transform, seed=seed + 1)  # epoch 0 forever: fixed
+    return ImageDataset(load_split(data_root, "val"), transform)
 
 
 def face_preset_of(data_root: Path) -> dict[str, Any]:

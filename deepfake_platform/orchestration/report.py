@@ -66,21 +66,38 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"| validation AUC | {cell(best['val_auc'])} |",
         f"| decision threshold (chosen on validation) | {cell(best['val_threshold'])} |",
         f"| test AUC | {cell(test['auc'])} |",
-        f"| checkpoint | `{best['checkpoint']}` |",
     ]
+    video = results["test"].get("video")
+    if best.get("video"):
+        lines += [f"| validation AUC per video (mean of its frames) | {cell(best['video'].get('val_auc'))} |",
+                  f"| video threshold (chosen on validation videos) | {cell(best['video'].get('threshold'))} |"]
+    if video:
+        lines.append(f"| test AUC per video | {cell(video['metrics']['auc'])} |")
+    if results.get("faces"):
+        faces = results["faces"]
+        lines.append(f"| faces | {faces.get('mode')} ({faces.get('detector')}, margin {faces.get('margin')}, "
+                     f"{faces.get('crop_size')} px crops) |")
+    lines += [f"| checkpoint | `{best['checkpoint']}` |"]
     if results.get("promoted"):
         lines.append(f"| promoted to | `{results['promoted']}` |")
 
     lines += ["", SECTIONS[1], "", f"Test split: {test['n']} images ({test['n_real']} real, {test['n_fake']} fake).", ""]
     lines += [render_metrics_table(test), "", "![ROC on test](roc_test.png)", ""]
+    if video:
+        metrics = video["metrics"]
+        lines += [f"Per video: {metrics['n']} videos ({metrics['n_real']} real, {metrics['n_fake']} fake), each "
+                  "scored by the mean of its frames' fake probabilities (DeepfakeBench's video AUC), labelled at "
+                  "the threshold chosen on validation videos.", "", render_metrics_table(metrics), ""]
 
-    lines += [SECTIONS[2], "", "| epoch | train loss | val loss | val AUC | images/s | time (s) | best |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    per_video = any("val_video_auc" in row for row in history)
+    lines += [SECTIONS[2], "", "| epoch | train loss | val loss | val AUC |" + (" val video AUC |" if per_video else "")
+              + " images/s | time (s) | best |", "|" + " --- |" * (7 + per_video)]
     for row in history:
         mark = "**best**" if int(row["epoch"]) == int(best["epoch"]) else ""
         lines.append(
-            f"| {int(row['epoch'])} | {cell(row['train_loss'])} | {cell(row['val_loss'])} | {cell(row['val_auc'])} "
-            f"| {cell(row['images_per_s'], 2)} | {cell(row['epoch_time_s'], 1)} | {mark} |"
+            f"| {int(row['epoch'])} | {cell(row['train_loss'])} | {cell(row['val_loss'])} | {cell(row['val_auc'])} |"
+            + (f" {cell(row.get('val_video_auc'))} |" if per_video else "")
+            + f" {cell(row['images_per_s'], 2)} | {cell(row['epoch_time_s'], 1)} | {mark} |"
         )
     lines += ["", "![Training curves](training_curves.png)", ""]
 
