@@ -33,13 +33,13 @@ from deepfake_platform.ensemble import (
     stacking_combine,
     weighted_combine,
 )
+from deepfake_platform.metrics import roc_auc
 from deepfake_platform.orchestration.ensemble_build import (
     fit_combiner,
     fit_stacking,
     load_ensemble_config,
     resolve_members,
 )
-from deepfake_platform.metrics import roc_auc
 from deepfake_platform.predict import FrequencyPredictor, Predictor
 from models import FrequencyDetector
 from tests.factories import tiny_checkpoint as write_tiny
