@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> ScoringSummary:
     print(f"Scoring {len(inputs)} file(s) with {args.checkpoint} into {args.out}.", flush=True)
     summary = run_scoring(inputs, args.out, args.checkpoint, batch_size=args.batch_size, precision=args.precision,
                           use_gpu=args.use_gpu, faces=args.faces, num_frames=args.num_frames,
-                          skip_no_face=args.skip_no_face)
+                          skip_no_face=args.skip_no_face, verbose=args.verbose)
     print(summary.render())
     return summary
 

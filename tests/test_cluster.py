@@ -165,3 +165,20 @@ def test_a_sweep_on_the_cluster_runs_one_trial_per_node(cluster, data_root, tmp_
         logs = b"".join(path.read_bytes() for path in temp.glob("session_*/logs/worker-*.out"))
         assert b"epoch 1: train loss" in logs, f"no trial trained on the node in {temp}"
     assert (tmp_path / "runs" / "pair" / "SWEEP.md").is_file()
+
+
+@pytest.mark.timeout(400)
+def test_batch_scoring_uses_both_nodes(cluster, data_root, tmp_path):
+    from tests.factories import tiny_checkpoint
+
+    checkpoint = tiny_checkpoint(tmp_path / "best.pth", 0.5)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "score.py"), "--input", str(data_root / "train"),
+         "--out", str(tmp_path / "scores.parquet"), "--checkpoint", str(checkpoint)],
+        cwd=tmp_path, env=driver_env(cluster), capture_output=True, text=True, timeout=360)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "with 2 model actor(s)" in result.stdout and "240 scored now" in result.stdout
+    # A model actor on each node: each node's own worker logs name one.
+    for temp in (cluster.temp_dirs[0], cluster.second):
+        titles = b"".join(path.read_bytes() for path in temp.glob("session_*/logs/worker-*.out"))
+        assert b"MapBatches(Score)" in titles, f"no model actor ran on the node in {temp}"

@@ -14,6 +14,7 @@ import glob as globbing
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ def prepare(batch: dict[str, np.ndarray], *, faces: dict[str, Any], threshold: f
         try:
             frames = sample_frames(path, num_frames=num_frames) if kind == "video" else [(None, load_image(path))]
             plan = scorer.plan([image for _, image in frames], [index for index, _ in frames])
-            pictures = [np.asarray(transform.geometry(p) if transform else p.convert("RGB")) for p in plan.inputs]
+            pictures = [_pack(np.asarray(transform.geometry(p) if transform else p.convert("RGB")))
+                        for p in plan.inputs]
             error = ""
         except (ValueError, OSError) as err:  # unreadable: listed in the output with why
             plan, pictures, error = None, [], str(err)
@@ -135,7 +137,7 @@ class Score:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
 
-        pictures = [picture for pictures in batch["pictures"] for picture in pictures]
+        pictures = [_unpack(picture) for pictures in batch["pictures"] for picture in pictures]
         if hasattr(self.predictor, "predict_prepared"):
             probabilities = self.predictor.predict_prepared(pictures) if pictures else np.zeros(0)
         else:
@@ -162,6 +164,17 @@ class Score:
             out["model"].append(self.model)
             out["model_sha256"].append(self.sha256)
         return {key: _object_array(values) for key, values in out.items()}
+
+
+def _pack(picture: np.ndarray) -> bytes:
+    """A uint8 HWC picture as bytes that Arrow carries as they are (height and width first)."""
+    height, width = picture.shape[:2]
+    return height.to_bytes(4, "little") + width.to_bytes(4, "little") + picture.astype(np.uint8).tobytes()
+
+
+def _unpack(packed: bytes) -> np.ndarray:
+    height, width = int.from_bytes(packed[:4], "little"), int.from_bytes(packed[4:8], "little")
+    return np.frombuffer(packed[8:], dtype=np.uint8).reshape(height, width, 3)
 
 
 def _ensemble_faces(checkpoint: str) -> dict[str, Any]:
@@ -234,11 +247,15 @@ def pool_size(cpus_per_node: list[float], use_gpu: bool, gpus: float) -> tuple[i
 
 def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, batch_size: int = 16,
                 precision: str = "auto", use_gpu: bool = False, faces: str | None = None, num_frames: int = 16,
-                skip_no_face: bool = False) -> ScoringSummary:
+                skip_no_face: bool = False, verbose: bool = False) -> ScoringSummary:
     """Score every file of `inputs` not yet in `out` (a Parquet file) and write them all there."""
-    import ray  # ray:
-    from ray.data import ActorPoolStrategy, DataContext  # ray:
+    import logging
 
+    import ray  # ray:
+    from ray.data import DataContext  # ray:
+
+    if not verbose:  # Ray Data's INFO lines (plans, per-operator progress in logs) go to its log files
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     started = time.perf_counter()
     out = Path(out).expanduser().resolve()
     checkpoint = str(Path(checkpoint).expanduser().resolve())
@@ -257,12 +274,11 @@ def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, b
             prepare, fn_kwargs={**preparation(checkpoint, faces), "num_frames": num_frames,
                                 "skip_no_face": skip_no_face},
             batch_size=batch_size, num_cpus=0.5, batch_format="numpy")
-        scored = prepared.map_batches(  # ray: the model in an actor pool, one actor per node (or GPU)
-            Score, fn_constructor_kwargs={"checkpoint": checkpoint, "precision": precision,
-                                          "device": "cuda" if use_gpu else "cpu", "threads": math.ceil(cpus),
-                                          "faces": faces, "skip_no_face": skip_no_face},
-            batch_size=batch_size, num_cpus=cpus, num_gpus=1 if use_gpu else 0,
-            compute=ActorPoolStrategy(size=actors), batch_format="numpy", scheduling_strategy="SPREAD")
+        with warnings.catch_warnings():
+            # SPREAD has no named parameter yet; ray_remote_args_fn goes in Ray 2.64 (pinned below 2.61 here).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scored = _model_stage(prepared, checkpoint, precision, use_gpu, cpus, actors, batch_size, faces,
+                                  skip_no_face)
         rows = [{column: _plain(row[column]) for column in COLUMNS} for row in scored.iter_rows()]
     merged = previous + rows
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +289,23 @@ def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, b
                           unreadable=sum(1 for row in rows if row["error"]),
                           fake=sum(1 for row in rows if row["label"] == "fake"),
                           seconds=time.perf_counter() - started, actors=actors)
+
+
+def _model_stage(prepared: Any, checkpoint: str, precision: str, use_gpu: bool, cpus: float, actors: int,
+                 batch_size: int, faces: str | None, skip_no_face: bool) -> Any:
+    from ray.data import ActorPoolStrategy  # ray:
+
+    return prepared.map_batches(  # ray: the model in an actor pool, one actor per node (or GPU)
+        Score, fn_constructor_kwargs={"checkpoint": checkpoint, "precision": precision,
+                                      "device": "cuda" if use_gpu else "cpu", "threads": math.ceil(cpus),
+                                      "faces": faces, "skip_no_face": skip_no_face},
+        batch_size=batch_size, num_cpus=cpus, num_gpus=1 if use_gpu else 0,
+        compute=ActorPoolStrategy(size=actors), batch_format="numpy", ray_remote_args_fn=_spread)
+
+
+def _spread() -> dict[str, str]:
+    # One model actor per node: SPREAD places the pool's actors on different nodes first.
+    return {"scheduling_strategy": "SPREAD"}
 
 
 def _plain(value: Any) -> Any:
