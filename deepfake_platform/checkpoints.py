@@ -71,6 +71,7 @@ class FrequencyCheckpoint:
     state: dict[str, Any]
     val_threshold: float
     val_auc: float
+    val_scores: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +85,8 @@ class EnsembleCheckpoint:
     combiner: dict[str, Any]
     threshold: float
     val_auc: float
+    # The ensemble's validation fake probabilities of each class, for drift monitoring.
+    val_scores: dict[str, list[float]] = field(default_factory=dict)
 
 
 Checkpoint = DetectorCheckpoint | FrequencyCheckpoint | EnsembleCheckpoint

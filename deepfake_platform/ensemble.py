@@ -135,10 +135,11 @@ def load_member(path: str | Path, precision: str = "auto", device: str = "cpu", 
     raise CheckpointError(f"{path} is an ensemble spec, not a single detector: deploy or score it as a whole.")
 
 
-def save_frequency_member(detector: Any, path: str | Path, val_threshold: float, val_auc: float) -> Path:
+def save_frequency_member(detector: Any, path: str | Path, val_threshold: float, val_auc: float,
+                          val_scores: dict[str, list[float]] | None = None) -> Path:
     """Save a fitted FrequencyDetector as a weights_only-loadable member file."""
     return write_checkpoint(FrequencyCheckpoint(state=detector.to_state(), val_threshold=float(val_threshold),
-                                                val_auc=float(val_auc)), path)
+                                                val_auc=float(val_auc), val_scores=val_scores or {}), path)
 
 
 # ---- the ensemble spec ---------------------------------------------------------------------------------
@@ -162,6 +163,7 @@ class EnsembleSpec:
     combiner: Combiner
     threshold: float
     val_auc: float
+    val_scores: dict[str, list[float]] = field(default_factory=dict)
 
     def apply(self, probabilities: np.ndarray) -> np.ndarray:
         """The combiner applied to member probabilities (columns in member order)."""
@@ -174,7 +176,8 @@ def save_ensemble(spec: EnsembleSpec, path: str | Path) -> Path:
     members = [{"name": m.name, "path": os.path.relpath(Path(m.path).resolve(), path.parent), "sha256": m.sha256}
                for m in spec.members]
     return write_checkpoint(EnsembleCheckpoint(name=spec.name, members=members, combiner=spec.combiner.to_dict(),
-                                               threshold=float(spec.threshold), val_auc=float(spec.val_auc)), path)
+                                               threshold=float(spec.threshold), val_auc=float(spec.val_auc),
+                                               val_scores=spec.val_scores), path)
 
 
 def load_ensemble(path: str | Path) -> EnsembleSpec:
@@ -201,7 +204,7 @@ def load_ensemble(path: str | Path) -> EnsembleSpec:
             )
         members.append(MemberSpec(name=entry["name"], path=str(member_path), sha256=entry["sha256"]))
     return EnsembleSpec(name=record.name, members=members, combiner=Combiner.from_dict(record.combiner),
-                        threshold=record.threshold, val_auc=record.val_auc)
+                        threshold=record.threshold, val_auc=record.val_auc, val_scores=record.val_scores)
 
 
 class EnsemblePredictor:

@@ -118,3 +118,46 @@ def read_log(directory: str | Path) -> list[dict[str, Any]]:
             except ValueError:
                 continue  # a line cut by a crash mid-write
     return sorted(records, key=lambda record: record.get("time", ""))
+
+
+def bucket_size(first: float, last: float) -> tuple[float, str]:
+    """A bucket width (seconds) and its name giving about 10 to 30 buckets over [first, last]."""
+    span = max(last - first, 1.0)
+    for seconds, name in ((60, "minute"), (600, "10 minutes"), (3600, "hour"), (6 * 3600, "6 hours"),
+                          (86400, "day"), (7 * 86400, "week")):
+        if span / seconds <= 30:
+            return float(seconds), name
+    return 30 * 86400.0, "30 days"
+
+
+def summarize(records: list[dict[str, Any]], reference: list[float], labels: dict[str, str],
+              bucket_s: float) -> list[dict[str, Any]]:
+    """Per time bucket: answers, score quantiles, fake and no-face rates, PSI and KS p against the validation
+    scores, and the accuracy of the answers a correction (`labels`: request id -> true label) exists for."""
+    import datetime as dt
+
+    def seconds(record: dict[str, Any]) -> float:
+        return dt.datetime.fromisoformat(record["time"]).timestamp()
+
+    buckets: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        buckets.setdefault(int(seconds(record) // bucket_s), []).append(record)
+    rows = []
+    for key in sorted(buckets):
+        group = buckets[key]
+        scores = [r["fake_probability"] for r in group if r.get("fake_probability") is not None]
+        judged = [r for r in group if r["request_id"] in labels and r.get("label") in ("real", "fake")]
+        rows.append({
+            "start": dt.datetime.fromtimestamp(key * bucket_s, dt.timezone.utc).isoformat(timespec="minutes"),
+            "answers": len(group),
+            "q10": float(np.quantile(scores, 0.1)) if scores else None,
+            "median": float(np.median(scores)) if scores else None,
+            "q90": float(np.quantile(scores, 0.9)) if scores else None,
+            "fake_rate": float(np.mean([r.get("label") == "fake" for r in group])),
+            "no_face_rate": float(np.mean([bool(r.get("no_face")) for r in group])),
+            "psi": psi(reference, scores) if scores and reference else None,
+            "ks_p": ks_pvalue(reference, scores) if scores and reference else None,
+            "corrected": len(judged),
+            "accuracy": float(np.mean([labels[r["request_id"]] == r["label"] for r in judged])) if judged else None,
+        })
+    return rows

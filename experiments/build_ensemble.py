@@ -25,6 +25,7 @@ from deepfake_platform.metrics import choose_threshold, roc_auc
 from deepfake_platform.orchestration.cli import run_command
 from deepfake_platform.orchestration.ensemble_build import (
     check_face_presets,
+    class_scores,
     compare_on_test,
     fit_combiner,
     load_ensemble_config,
@@ -62,6 +63,7 @@ def main(args: argparse.Namespace) -> Path:
         combiner=combiner,
         threshold=choose_threshold(val_labels, val_fused),
         val_auc=roc_auc(val_labels, val_fused),
+        val_scores=class_scores(val_labels, val_fused),
     )
     spec_path = save_ensemble(spec, artifacts / f"{config.name}.pth")
     rows = compare_on_test(names, members, spec, val, test)

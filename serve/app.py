@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel
 from ray import serve
@@ -47,12 +47,18 @@ from deepfake_platform.checkpoints import (
 )
 from deepfake_platform.data.faces import FacePreset
 from deepfake_platform.ensemble import Combiner, load_ensemble, safe_name
+from deepfake_platform.feedback import LABELS as FEEDBACK_LABELS
+from deepfake_platform.feedback import FeedbackStore
 from deepfake_platform.media import MediaScorer
+from deepfake_platform.monitoring import reference_scores
+from serve import observability
 from serve.detector import Detector
+from serve.observability import Observer
 from serve.settings import app_args
-from serve.uploads import APIError, Limits, Upload, decode_image, decode_video, read_uploads
+from serve.uploads import APIError, Limits, Upload, decode_image, decode_video, read_form, read_uploads
 
 HEALTH_TIMEOUT_S = 2.0
+PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 # Serve's replica logger: lines go to the replica's log file under Ray's session logs.
 logger = logging.getLogger("ray.serve")
 
@@ -101,6 +107,7 @@ class Prediction(BaseModel):
     detectors: dict[str, float | None]
     latency_ms: float
     filename: str | None = None
+    request_id: str
 
 
 IMAGE_BODY = {
@@ -111,6 +118,14 @@ IMAGE_BODY = {
         "image/*": {"schema": {"type": "string", "format": "binary"}},
         "video/*": {"schema": {"type": "string", "format": "binary"}},
     },
+}
+FEEDBACK_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["request_id", "label"],
+        "properties": {"request_id": {"type": "string"}, "label": {"type": "string", "enum": ["real", "fake"]},
+                       "file": {"type": "string", "format": "binary"}},
+    }}},
 }
 BATCH_BODY = {
     "required": True,
@@ -130,23 +145,35 @@ api = FastAPI(
 )
 
 
+def _count_error(request: Request, status: int) -> None:
+    # Through the module, not a global of this one: Serve ships the ingress class by value, with its own
+    # copies of this module's globals.
+    from serve import observability
+
+    observability.count_error(request.url.path, status)
+
+
 @api.exception_handler(APIError)
 async def _api_error(request: Request, err: APIError) -> JSONResponse:
+    _count_error(request, err.status)
     return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
 
 
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    _count_error(request, err.status_code)
     return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    _count_error(request, 422)
     return JSONResponse({"error": f"the request is malformed: {err.errors()}"}, status_code=422)
 
 
 @api.exception_handler(Exception)
 async def _server_error(request: Request, err: Exception) -> JSONResponse:
+    _count_error(request, 500)
     # Whatever went wrong, the client gets the API's JSON with a sentence, not Starlette's plain text.
     return JSONResponse({"error": f"the server could not answer ({type(err).__name__}); retry the request, and "
                                   "if it keeps failing, the server's log has the details."}, status_code=500)
@@ -160,7 +187,8 @@ class DeepfakeAPI:
     def __init__(self, detectors: dict[str, DeploymentHandle], combiner: dict[str, Any],
                  threshold: float | None, model: dict[str, str] | None, limits: Limits,
                  token_env: str, auth_required: bool, faces: dict[str, Any] | None = None,
-                 video_threshold: float | None = None, explainer: str | None = None):
+                 video_threshold: float | None = None, explainer: str | None = None,
+                 reference: list[float] | None = None, monitoring: dict[str, Any] | None = None):
         self.token = os.environ.get(token_env, "")
         if auth_required and not self.token:
             raise RuntimeError(
@@ -179,6 +207,14 @@ class DeepfakeAPI:
         self.faces = dict(faces or {})
         self.explainer = explainer
         self.scorer: MediaScorer | None = None
+        monitoring = monitoring or {}
+        self.observer = Observer(reference or [], window=monitoring.get("drift_window", 500),
+                                 log_dir=monitoring.get("log_dir", ""),
+                                 cache_items=monitoring.get("cache_items", 256),
+                                 cache_bytes=monitoring.get("cache_bytes", 100 * 1024 * 1024), model=model)
+        observability.activate(self.observer)
+        self.feedback = (FeedbackStore(monitoring["feedback_dir"], monitoring.get("keep_images", True))
+                         if monitoring.get("feedback_dir") else None)
 
     async def _load_members(self) -> list[dict[str, Any]]:
         """Each detector's info; waits until every Detector replica has loaded its model."""
@@ -208,11 +244,14 @@ class DeepfakeAPI:
         """One detector's probability for one image. A prediction is idempotent: when the replica serving it
         dies, it is sent again (to a live or a replacement replica) until `retry_timeout_s` has passed."""
         attempt = 0
+        started = time.perf_counter()
         while True:
             remaining = deadline - time.monotonic()
             try:
                 # A call made while no replica is alive waits for the replacement: bounded here.
-                return await asyncio.wait_for(handle.predict.remote(image), timeout=max(remaining, 0.001))
+                probability = await asyncio.wait_for(handle.predict.remote(image), timeout=max(remaining, 0.001))
+                self.observer.detector_latency(name, time.perf_counter() - started)
+                return probability
             except RayActorError as err:
                 attempt += 1
                 if time.monotonic() + 0.5 >= deadline:
@@ -265,11 +304,16 @@ class DeepfakeAPI:
         answer["filename"] = answer.pop("name")
         return {**answer, "detectors": detectors, "model": self.model}
 
-    async def _predict(self, uploads: list[Upload], started: float) -> list[dict[str, Any]]:
+    async def _predict(self, uploads: list[Upload], started: float, route: str) -> list[dict[str, Any]]:
         await self._load_members()
         answers = await asyncio.gather(*(self._predict_one(upload) for upload in uploads))
         latency_ms = (time.perf_counter() - started) * 1000.0
-        return [{**answer, "latency_ms": latency_ms} for answer in answers]
+        results = []
+        for upload, answer in zip(uploads, answers, strict=True):
+            answer = {**answer, "latency_ms": latency_ms}
+            answer["request_id"] = self.observer.record(route, answer, upload.data, upload.name, upload.content_type)
+            results.append(answer)
+        return results
 
     @api.post("/predict", response_model=Prediction, responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
     async def predict(self, request: Request) -> dict[str, Any]:
@@ -281,7 +325,7 @@ class DeepfakeAPI:
         uploads = await read_uploads(request, self.limits)
         if len(uploads) != 1:
             raise APIError(400, f"/predict takes one file, got {len(uploads)}; send several to /predict/batch.")
-        return (await self._predict(uploads, started))[0]
+        return (await self._predict(uploads, started, "/predict"))[0]
 
     @api.post("/predict/batch", response_model=list[Prediction], responses=ERRORS,
               openapi_extra={"requestBody": BATCH_BODY})
@@ -293,7 +337,7 @@ class DeepfakeAPI:
         if len(uploads) > self.limits.max_batch_files:
             raise APIError(413, f"{len(uploads)} images is more than the limit of {self.limits.max_batch_files} "
                                 "per request; split the batch.")
-        return await self._predict(uploads, started)
+        return await self._predict(uploads, started, "/predict/batch")
 
     @api.post("/explain", responses={**ERRORS, 200: {"content": {"image/png": {}},
                                                      "description": "the heatmap of the most suspicious face"}},
@@ -322,6 +366,46 @@ class DeepfakeAPI:
         headers = {"X-Fake-Probability": f"{probability:.6f}",
                    "X-Face-Box": ",".join(map(str, boxes[top].as_list())) if boxes else "none"}
         return Response(png, media_type="image/png", headers=headers)
+
+    @api.get("/monitoring")
+    async def monitoring(self, request: Request) -> dict[str, Any]:
+        """Drift of the recent answers against the validation scores: window size, PSI, KS p-value, fake rate,
+        no-face rate."""
+        self._authorize(request)
+        return await asyncio.to_thread(self.observer.drift_snapshot)
+
+    @api.post("/feedback", responses=ERRORS, openapi_extra={"requestBody": FEEDBACK_BODY})
+    async def feedback(self, request: Request) -> dict[str, Any]:
+        """Record the true label of an answered request: multipart `request_id`, `label` (real or fake) and
+        `file` (the image again; optional while the server still holds the request's upload)."""
+        self._authorize(request)
+        if self.feedback is None:
+            raise APIError(404, "feedback is switched off on this server (args.feedback_dir is empty).")
+        fields = await read_form(request, self.limits)
+        request_id, label = fields.get("request_id"), fields.get("label")
+        if not isinstance(request_id, str) or not request_id.strip():
+            raise APIError(400, "send the `request_id` of the answer you correct, as a multipart field.")
+        if label not in FEEDBACK_LABELS:
+            raise APIError(400, f"the `label` field must be real or fake, not {label!r}.")
+        recent = self.observer.lookup(request_id.strip())
+        if recent is None:
+            raise APIError(404, f"request {request_id!r} is unknown to this server (it answered no such request, or "
+                                "too long ago); send feedback with the request_id of a recent answer.")
+        upload = fields.get("file")
+        data = upload.data if isinstance(upload, Upload) else recent.data
+        if data is None:
+            raise APIError(400, f"the image of request {request_id} is no longer held here; attach it again as the "
+                                "multipart field `file`.")
+        suffix = Path(recent.name or (upload.name if isinstance(upload, Upload) else "") or "image.jpg").suffix or ".jpg"
+        stored = await asyncio.to_thread(self.feedback.add, request_id.strip(), label, recent.answer, data,
+                                         suffix.lower())
+        return {"stored": True, "request_id": stored["request_id"], "label": label,
+                "image_sha256": stored["image_sha256"], "image_kept": stored["image"] is not None}
+
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self) -> HTMLResponse:
+        """A page to check an image or a video by hand (open without a token; it asks for one when needed)."""
+        return HTMLResponse(PAGE.read_text())
 
     async def _ready_members(self) -> list[dict[str, Any]]:
         """The members, after every detector has answered again: a replica that died since loading shows here."""
@@ -408,9 +492,17 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     limits = Limits(options.max_body_bytes, options.max_pixels, options.max_batch_files, options.retry_timeout_s,
                     options.max_video_bytes, options.max_video_seconds, options.video_frames)
     auth_required = bool(os.environ.get(options.token_env))
+    # Drift is measured against the validation scores the deployed model (or ensemble) recorded.
+    reference = reference_scores(getattr(record, "val_scores", {}) or {})
+    monitoring = {"drift_window": options.drift_window,
+                  "log_dir": str(Path(options.log_dir).expanduser().resolve()) if options.log_dir else "",
+                  "feedback_dir": str(Path(options.feedback_dir).expanduser().resolve()) if options.feedback_dir else "",
+                  "keep_images": options.keep_feedback_images, "cache_items": options.feedback_cache_items,
+                  "cache_bytes": options.feedback_cache_bytes}
     return DeepfakeAPI.bind(detectors, combiner, threshold, model, limits, options.token_env, auth_required,
                             faces=faces, video_threshold=video_threshold,
-                            explainer=torch_members[0] if torch_members else None)
+                            explainer=torch_members[0] if torch_members else None, reference=reference,
+                            monitoring=monitoring)
 
 
 def _end_serve_run(message: str) -> None:

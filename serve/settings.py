@@ -32,6 +32,17 @@ class AppArgs(Section):
     video_frames: int = Field(16, ge=1)
     # Empty: crop faces as the model was trained (its checkpoint's face preset); off, largest or all override it.
     faces: Literal["", "off", "largest", "all"] = ""
+    # Monitoring: the last drift_window scores against the validation scores; one JSON line per answer
+    # (never the image) under log_dir, "" for none. Relative paths are from where `serve run` runs.
+    drift_window: int = Field(500, ge=10)
+    log_dir: str = "logs/predictions"
+    # Feedback: corrections stored under feedback_dir; the images by content hash unless keep_feedback_images
+    # is false. The last feedback_cache_items uploads (at most feedback_cache_bytes) are kept for feedback
+    # that does not send the image again.
+    feedback_dir: str = "feedback"
+    keep_feedback_images: bool = True
+    feedback_cache_items: int = Field(256, ge=0)
+    feedback_cache_bytes: int = Field(100 * 1024 * 1024, ge=0)
 
 
 def app_args(args: dict | None) -> AppArgs:

@@ -12,10 +12,11 @@ import io
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from deepfake_platform.data import BadImageError, load_image
@@ -144,6 +145,30 @@ async def read_uploads(request: Request, limits: Limits) -> list[Upload]:
         f"unsupported content type {shown}: send the image or video as the raw body with its content type "
         "(e.g. image/jpeg, video/mp4) or as the multipart/form-data field `file`.",
     )
+
+
+async def read_form(request: Request, limits: Limits) -> dict[str, Any]:
+    """The fields of a form (multipart, or URL-encoded without a file): text fields as strings, a `file`
+    field as an Upload (size-checked)."""
+    media_type = content_type(request)
+    if media_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise APIError(415, "send the fields as multipart/form-data (request_id, label, and file when asked for).")
+    body = await read_body(request, limits.max_request_bytes)
+    parser = (MultiPartParser(request.headers, _once(body), max_files=1) if media_type == "multipart/form-data"
+              else FormParser(request.headers, _once(body)))
+    try:
+        form = await parser.parse()
+    except MultiPartException as err:
+        raise APIError(400, f"the multipart body could not be read: {err.message}") from err
+    fields: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            fields[key] = check_size(Upload(value.filename, (value.content_type or "").lower(), await value.read()),
+                                     limits)
+        else:
+            fields[key] = value
+    await form.close()
+    return fields
 
 
 def check_size(upload: Upload, limits: Limits) -> Upload:

@@ -124,7 +124,14 @@ def train_frequency_member(train: list[tuple[str, int]], val: list[tuple[str, in
     detector = FrequencyDetector().fit((load_image(p) for p, _ in train), [label for _, label in train])
     val_scores = detector.predict_proba(load_image(p) for p, _ in val)
     val_labels = np.array([label for _, label in val])
-    return save_frequency_member(detector, path, choose_threshold(val_labels, val_scores), roc_auc(val_labels, val_scores))
+    return save_frequency_member(detector, path, choose_threshold(val_labels, val_scores), roc_auc(val_labels, val_scores),
+                                 class_scores(val_labels, val_scores))
+
+
+def class_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
+    """Scores split by class, as checkpoints record them for drift monitoring."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    return {"real": scores[labels == 0].tolist(), "fake": scores[labels == 1].tolist()}
 
 
 def score_members(members: dict[str, Member], samples: list[tuple[str, int]],
