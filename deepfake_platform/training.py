@@ -383,6 +383,12 @@ def _train(loop_config: dict[str, Any], paths: RunPaths) -> None:
         start_epoch = state.epoch + 1
         if rank == 0:
             print(f"Resuming after epoch {state.epoch} (val AUC {state.val_auc:.4f}).", flush=True)
+    elif loop_config.get("init_from"):
+        # Fine-tuning: start from another run's weights, with a fresh optimizer and epoch count.
+        start = read_checkpoint(loop_config["init_from"], DetectorCheckpoint)
+        if start.detector != config.model.name:
+            raise CheckpointError(f"{loop_config['init_from']} holds a {start.detector} detector, not {config.model.name}.")
+        model.load_state_dict(start.model_state_dict)
     train_model = ray.train.torch.prepare_model(model, move_to_device=False)  # ray: DDP when world > 1
     train_model = compile_if_configured(train_model, config)
     data_root = Path(loop_config["data_root"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import subprocess
 import sys
@@ -20,14 +21,18 @@ import httpx
 import numpy as np
 import pytest
 import skimage.data
+import torch
 import yaml
 from PIL import Image
 
+from deepfake_platform.checkpoints import DetectorCheckpoint, file_sha256, read_checkpoint
 from deepfake_platform.ensemble import load_predictor
 from deepfake_platform.feedback import read_feedback
 from deepfake_platform.media import MediaScorer
 from deepfake_platform.monitoring import read_log
+from deepfake_platform.orchestration.fine_tune import decide
 from tests.factories import encoded, free_port, photo, tiny_checkpoint
+from tests.proctools import user_env
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = httpx.Timeout(60.0)
@@ -273,3 +278,42 @@ def test_monitor_report_reads_the_log_against_validation_and_the_corrections(ser
     assert f"| answers corrected by users | {corrected} |" in report
     for plot in ("scores_over_time.png", "fake_rate.png", "drift.png", "accuracy.png"):
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG", plot
+
+
+@pytest.mark.timeout(600)
+def test_corrections_sent_to_the_server_fine_tune_a_model_that_is_judged_and_promoted_by_the_rule(
+        server, data_root, tmp_path):
+    url, feedback = server["url"], server["root"] / "feedback"
+    for i, data in enumerate(face_pictures()[2:8]):
+        answer = post(url, data).json()
+        sent = httpx.post(f"{url}/feedback", data={"request_id": answer["request_id"], "label": ("real", "fake")[i % 2]},
+                          files={"file": ("face.jpg", data)}, timeout=TIMEOUT)
+        assert sent.status_code == 200, sent.text
+    records = [record for record in read_feedback(feedback) if record.get("image")]
+    served = {record["request_id"]: record["answer"]["fake_probability"] for record in records}
+
+    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
+        returncode = subprocess.run(
+            [sys.executable, str(REPO / "experiments" / "fine_tune.py"), "--from", str(server["checkpoint"]),
+             "--feedback", str(feedback), "--data", str(data_root), "--epochs", "1", "--name", "ft"],
+            cwd=tmp_path, env=user_env(), stdout=out, stderr=err, timeout=400).returncode
+    stdout, stderr = (tmp_path / "stdout.txt").read_text(), (tmp_path / "stderr.txt").read_text()
+    assert returncode == 0, stdout[-3000:] + stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "ft" / "fine_tune.json").read_text())
+    used = summary["feedback"]
+    assert used["train_images"] + used["held_back_images"] == len({record["image_sha256"] for record in records})
+    assert used["held_back_images"] >= 1 and used["crops"]["real"] + used["crops"]["fake"] >= 1
+    # The old model is judged the way the server answered those very images.
+    for request_id, answer in zip(used["held_back"], summary["before"]["feedback"]["answers"], strict=True):
+        assert answer["fake_probability"] == pytest.approx(served[request_id], abs=1e-4)
+    promote, reason = decide(summary["before"], summary["after"], summary["margin"])
+    assert summary["decision"] == ("promote" if promote else "keep") and summary["reason"] == reason
+    assert reason in (tmp_path / "runs" / "ft" / "FINE_TUNE.md").read_text() and reason in stdout
+    new = read_checkpoint(summary["new_checkpoint"], DetectorCheckpoint)
+    old = read_checkpoint(server["checkpoint"], DetectorCheckpoint)
+    assert {key: new.faces[key] for key in FACES} == FACES  # still scores faces cropped the same way
+    assert any(not torch.equal(new.model_state_dict[key], value) for key, value in old.model_state_dict.items())
+    promoted = tmp_path / "artifacts" / "best.pth"
+    assert promoted.is_file() == promote
+    if promote:
+        assert file_sha256(promoted) != file_sha256(server["checkpoint"])

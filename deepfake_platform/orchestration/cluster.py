@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +119,18 @@ def cluster_nodes() -> list[dict[str, float]]:
 
 
 def cpus_per_worker(configured: float, num_workers: int) -> float:
-    """The configured CPUs per worker, or the cluster's CPUs split evenly between the workers."""
+    """The configured CPUs per worker, or the cluster's free CPUs split evenly between the workers.
+
+    Free, not total: on a cluster that also serves (a Serve app holds CPUs for its replicas) workers sized
+    from the total could never be placed, and Ray Train would wait for them forever."""
     import ray  # ray:
 
     if configured:
         return configured
     total = ray.cluster_resources().get("CPU", 1.0)  # ray:
-    return max(1.0, math.floor(total / num_workers))
+    free = min(total, ray.available_resources().get("CPU", 0.0))  # ray:
+    if free < num_workers:
+        print(f"Only {free:g} of the cluster's {total:g} CPUs are free (other work, a Serve app for one, holds the "
+              f"rest): the run's {num_workers} worker(s) start when 1 CPU each is free.", file=sys.stderr, flush=True)
+        return 1.0
+    return max(1.0, math.floor(free / num_workers))

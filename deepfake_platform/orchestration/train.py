@@ -32,7 +32,7 @@ class RunStopped(KeyboardInterrupt):
 
 def build_trainer(config: ExperimentConfig, data_root: Path, *, resume_from: str | None = None,
                   callbacks: list | None = None, storage_path: str | None = None, run_name: str | None = None,
-                  verbose: bool = False, progress: bool = True):
+                  verbose: bool = False, progress: bool = True, init_from: str | None = None):
     """A TorchTrainer running `train_loop_per_worker` for `config` (the Ray seam of training)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # ray:
     from ray.train.torch import TorchTrainer  # ray:
@@ -45,6 +45,7 @@ def build_trainer(config: ExperimentConfig, data_root: Path, *, resume_from: str
         "paths": paths.to_dict(),
         "data_root": str(Path(data_root).resolve()),
         "resume_from": str(Path(resume_from).resolve()) if resume_from else None,
+        "init_from": str(Path(init_from).resolve()) if init_from else None,
         "cpus_per_worker": cpus,
         "verbose": verbose,
         "progress": progress,
@@ -94,7 +95,7 @@ def check_resume(resume_from: str | None, epochs: int) -> None:
 
 
 def run_training(config: ExperimentConfig, data_root: Path, resume_from: str | None = None, *,
-                 verbose: bool = False, rerun_hint: str = "") -> TrainingOutcome:
+                 verbose: bool = False, rerun_hint: str = "", init_from: str | None = None) -> TrainingOutcome:
     """Run the training through Ray Train (Ray must be up) and return where the best checkpoint is."""
     check_resume(resume_from, config.train.epochs)
     paths = RunPaths.for_config(config)
@@ -102,8 +103,9 @@ def run_training(config: ExperimentConfig, data_root: Path, resume_from: str | N
     # Ray resumes a run name it has seen from that run's latest checkpoint; a --resume file must win over
     # that, so continuing from a chosen file is a Ray run of its own.
     run_name = f"{config.name}-from-{Path(resume_from).stem}-{int(time.time())}" if resume_from else config.name
-    trainer = build_trainer(config, data_root, resume_from=resume_from, run_name=run_name, verbose=verbose)
-    needed = config.scaling.num_workers * cpus_per_worker(config.scaling.cpus_per_worker, config.scaling.num_workers)
+    trainer = build_trainer(config, data_root, resume_from=resume_from, run_name=run_name, verbose=verbose,
+                            init_from=init_from)
+    needed = config.scaling.num_workers * trainer.train_loop_config["cpus_per_worker"]
     # The driver waits while the workers train: import what testing and reporting need meanwhile (seconds
     # of torch, timm, torchvision and matplotlib that would otherwise come after the last epoch).
     threading.Thread(target=_import_finalize_modules, name="warm-imports", daemon=True).start()
