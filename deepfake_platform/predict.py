@@ -35,7 +35,9 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` becomes bf16 where the hardware runs it natively, else fp32."""
+    """`auto` becomes bf16 where the hardware runs it natively, else fp32 (int8 is asked for, never chosen)."""
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("precision int8 runs on the CPU (ONNX Runtime); on a GPU use bf16.")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -105,10 +107,17 @@ class Predictor:
         image_size = int(record.config.get("data", {}).get("image_size") or model.default_image_size)
         self.transform = build_transform("eval", image_size)
         self.faces = dict(record.faces)
+        sha256 = file_sha256(path) if path is not None else ""
+        # int8: the same model quantised and run by ONNX Runtime; explanations still use the fp32 module.
+        self.int8 = None
+        if self.precision == "int8":
+            from deepfake_platform.export import Int8Model
+
+            self.int8 = Int8Model(model, image_size, sha256)
         self.info = ModelInfo(
             name=record.detector,
             checkpoint=path.name if path is not None else "",
-            sha256=file_sha256(path) if path is not None else "",
+            sha256=sha256,
             threshold=float(record.val_threshold),
             image_size=image_size,
             val_auc=float(record.val_auc),
@@ -117,6 +126,8 @@ class Predictor:
 
     def predict_tensor(self, images: torch.Tensor) -> np.ndarray:
         """Fake probabilities for a preprocessed batch (B, 3, H, W)."""
+        if self.int8 is not None:
+            return sigmoid(self.int8(images)).astype(np.float32)
         return sigmoid(forward_logits(self.model, images, self.device, self.precision)).astype(np.float32)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -39,7 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="a .pth written by this platform")
     parser.add_argument("--data", required=True, help="data root with train/, val/, test/")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "int8"],
+                        help="auto: bf16 where the CPU runs it natively, else fp32; int8: ONNX Runtime, quantised")
     parser.add_argument("--out", help="write the metrics as JSON here")
     return parser
 

@@ -138,7 +138,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-no-face", action="store_true", help="do not score pictures without a face")
     parser.add_argument("--num-frames", type=int, default=32, help="frames per video, evenly spaced")
     parser.add_argument("--every", type=int, default=0, help="instead: every k-th frame")
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "int8"],
+                        help="auto: bf16 where the CPU runs it natively, else fp32; int8: ONNX Runtime, quantised")
     parser.add_argument("--json", help="write every verdict as JSON here")
     parser.add_argument("--csv", help="write one row per face as CSV here")
     parser.add_argument("--explain", metavar="DIR", help="write a Grad-CAM heatmap per face (images) as PNG here")

@@ -23,6 +23,8 @@ from deepfake_platform.orchestration.scoring import ScoringSummary, list_inputs,
 
 
 def main(args: argparse.Namespace) -> ScoringSummary:
+    if args.use_gpu and args.precision == "int8":
+        raise ValueError("--precision int8 runs on CPUs (ONNX Runtime); with --use-gpu choose auto or bf16.")
     inputs = list_inputs(args.input)
     ensure_ray(verbose=args.verbose)
     print(f"Scoring {len(inputs)} file(s) with {args.checkpoint} into {args.out}.", flush=True)
@@ -39,7 +41,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="the Parquet file to write (or to continue)")
     parser.add_argument("--checkpoint", default="artifacts/best.pth", help="a checkpoint or an ensemble spec")
     parser.add_argument("--batch-size", type=int, default=16, help="pictures per model batch")
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "int8"],
+                        help="auto: bf16 where the CPU runs it natively, else fp32; int8: ONNX Runtime, quantised")
     parser.add_argument("--use-gpu", action="store_true", help="model actors on GPUs, one per GPU")
     parser.add_argument("--faces", choices=["off", "largest", "all"], help="default: as the checkpoint was trained")
     parser.add_argument("--num-frames", type=int, default=16, help="frames per video, evenly spaced")

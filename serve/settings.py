@@ -23,7 +23,7 @@ class AppArgs(Section):
     # Dynamic batching in each Detector replica.
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp32", "int8"] = "auto"
     # How long a request may wait for a live Detector replica (one died mid-request, or is starting again).
     retry_timeout_s: float = Field(30.0, gt=0)
     # Videos (mp4, webm, avi, mov...): bytes per upload, length, and the frames scored, evenly spaced.

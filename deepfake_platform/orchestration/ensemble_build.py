@@ -62,7 +62,7 @@ class EnsembleConfig(Section):
     # For the weighted combiner: member name -> weight (names as in the comparison table).
     weights: dict[str, float] = Field(default_factory=dict)
     batch_size: int = Field(16, ge=1)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp32", "int8"] = "auto"
     output: EnsembleOutputConfig = Field(default_factory=EnsembleOutputConfig)
 
     @model_validator(mode="after")
