@@ -10,6 +10,7 @@ time, activations per batch), run by ONNX Runtime. Quantised files are cached by
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -135,7 +136,12 @@ def quantize_int8(source: Path, target: Path) -> Path:
     def write(tmp: Path) -> None:
         # The convolutions stay fp32: the ResNet's are a small share of the FLOPs, and the exporter gives
         # their weights as computed (folded) values ORT's quantiser does not take.
-        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        logging.disable(logging.WARNING)  # its advice to pre-process the graph first, printed on every call
+        try:
+            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+        finally:
+            logging.disable(logging.NOTSET)
 
     return _replace_atomically(write, target)
 
@@ -180,3 +186,21 @@ class Int8Model:
         """The logits (B,) of a preprocessed batch (B, 3, H, W)."""
         batch = images.detach().to("cpu", torch.float32).contiguous().numpy()
         return self.session.run(["logit"], {INPUT: batch})[0].astype(np.float32).reshape(-1)
+
+
+def exported_probabilities(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
+    """What an exported file answers for `images`, run as a program without this project would run it."""
+    if fmt == "onnx":
+        return onnx_session(path).run(["fake_probability"], {INPUT: images.numpy()})[0].reshape(-1)
+    model = torch.jit.load(str(path))
+    with torch.no_grad():
+        return model(images)[0].numpy().reshape(-1)
+
+
+def parity(predictor: Any, path: Path, fmt: str, batch: int = 3) -> float:
+    """The largest |difference| between an exported model's probabilities and `predictor`'s (fp32) on a batch
+    whose size differs from the tracing batch, so the dynamic batch dimension is exercised too."""
+    images = example_batch(predictor.info.image_size, batch) * 0.5
+    expected = predictor.predict_tensor(images)
+    return float(np.max(np.abs(exported_probabilities(path, fmt, images) - expected)))
+

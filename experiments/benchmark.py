@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import math
 import os
+import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,11 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from benchmarks import measure as bench
 from deepfake_platform.checkpoints import DetectorCheckpoint, write_checkpoint
 from deepfake_platform.config import REPO_ROOT, ExperimentConfig, with_changes
 from deepfake_platform.data import build_dataset
+from deepfake_platform.predict import resolve_precision
 from deepfake_platform.training import build_detector
 from models import parameter_table
 
@@ -66,12 +71,14 @@ class Settings:
     serve_concurrency: int
     parity_seeds: int
     parity_epochs: int
+    int8_images: int = 32
+    main_job: bool = False
 
 
 PRESETS = {
     "full": Settings(train_warmup=2, train_steps=5, train_rounds=3, ray_steps=8, infer_warmup=1, infer_steps=3,
                      infer_rounds=3, serve_single=20, serve_warmup=48, serve_requests=96, serve_concurrency=16,
-                     parity_seeds=3, parity_epochs=4),
+                     parity_seeds=3, parity_epochs=4, int8_images=64, main_job=True),
     "quick": Settings(train_warmup=1, train_steps=1, train_rounds=1, ray_steps=2, infer_warmup=1, infer_steps=1,
                       infer_rounds=1, serve_single=5, serve_warmup=16, serve_requests=32, serve_concurrency=16,
                       parity_seeds=0, parity_epochs=0),
@@ -90,12 +97,12 @@ class Phases:
         self.raw: dict[str, dict[str, Any] | None] = {}
         self.errors: dict[str, str] = {}
 
-    def run(self, name: str, measure: Callable[[], dict[str, dict[str, Any]]]) -> None:
+    def run(self, name: str, measure: Callable[[], dict[str, dict[str, Any]]], timeout_s: float | None = None) -> None:
         """Run `measure`, which returns {figure name: figures}; on failure record why."""
         print(f"[benchmark] {name} ...", flush=True)
         start = time.perf_counter()
         try:
-            with bench.time_limit(self.timeout_s, name):
+            with bench.time_limit(timeout_s or self.timeout_s, name):
                 self.raw.update(measure())
         except Exception as err:  # one failed phase must not lose the figures of the others
             hint = " Raise --phase-timeout on a slower machine." if isinstance(err, bench.BenchmarkTimeout) else ""
@@ -158,19 +165,98 @@ def measure_training(config: ExperimentConfig, naive_model: torch.nn.Module, dat
 
 def measure_inference(naive_model: torch.nn.Module, checkpoint: Path, data_root: Path, s: Settings,
                       batch_size: int) -> dict[str, dict[str, Any]]:
-    """Naive fp32 inference (on `naive_model`) and the predict path (bf16) on the same batch, interleaved."""
+    """Naive fp32 inference (on `naive_model`), the predict path at the platform's precision and at int8 on
+    the same batch, interleaved; then the bare predict path's single-image latency (decode included)."""
     from deepfake_platform.data import load_image, load_split
     from deepfake_platform.predict import Predictor
 
     naive_model.zero_grad(set_to_none=True)  # a training phase may have left its gradients
-    predictor = Predictor(checkpoint, precision="bf16")
+    predictor = Predictor(checkpoint)  # precision auto, as predict.py, score.py and Serve run it
+    int8 = Predictor(checkpoint, precision="int8")  # quantised once here, outside the timing
     paths = [path for path, _ in load_split(data_root, "train")][:batch_size]
     batch = predictor.preprocess([load_image(path) for path in paths])
     runners = {
         "infer_naive_fp32": bench.naive_fp32_infer_runner(naive_model, batch),
         "infer_predictor": bench.predictor_runner(predictor, batch),
+        "infer_int8": bench.predictor_runner(int8, batch),
     }
-    return bench.interleaved(runners, warmup=s.infer_warmup, steps=s.infer_steps, rounds=s.infer_rounds)
+    figures = bench.interleaved(runners, warmup=s.infer_warmup, steps=s.infer_steps, rounds=s.infer_rounds)
+    body = Path(paths[0]).read_bytes()
+
+    def single() -> None:  # what Serve does for one upload, without Serve: decode, preprocess, predict
+        predictor.predict_images([Image.open(io.BytesIO(body)).convert("RGB")])
+
+    single()
+    latencies = []
+    for _ in range(max(3, s.serve_single)):
+        start = time.perf_counter()
+        single()
+        latencies.append(time.perf_counter() - start)
+    figures["bare_single"] = {"p50_ms": 1000 * bench.percentile(latencies, 50), "requests": float(len(latencies))}
+    return figures
+
+
+def measure_int8_agreement(checkpoint: Path, data_root: Path, split: str = "val",
+                           limit: int = 256) -> dict[str, dict[str, Any]]:
+    """int8 against the platform's precision on a split's images: mean |difference| of the probabilities
+    and the share of images given the same label at the checkpoint's threshold."""
+    import numpy as np
+
+    from deepfake_platform.data import load_image, load_split
+    from deepfake_platform.predict import Predictor
+
+    reference, int8 = Predictor(checkpoint), Predictor(checkpoint, precision="int8")
+    paths = [path for path, _ in load_split(data_root, split)][:limit]
+    if not paths:
+        raise RuntimeError(f"no {split} images under {data_root} to compare int8 on")
+    expected, got = [], []
+    for start in range(0, len(paths), 16):
+        batch = reference.preprocess([load_image(path) for path in paths[start:start + 16]])
+        expected.append(reference.predict_tensor(batch))
+        got.append(int8.predict_tensor(batch))
+    p, q = np.concatenate(expected), np.concatenate(got)
+    threshold = reference.info.threshold
+    return {"int8_accuracy": {"mean_abs_diff": float(np.mean(np.abs(p - q))),
+                              "label_agreement": float(np.mean((p >= threshold) == (q >= threshold))),
+                              "images": float(len(paths))}}
+
+
+def measure_onnx_parity(checkpoint: Path, workdir: Path) -> dict[str, dict[str, Any]]:
+    """experiments/export.py's ONNX export of the checkpoint and its fp32 parity check."""
+    from deepfake_platform.export import export_model, parity
+    from deepfake_platform.predict import Predictor
+
+    predictor = Predictor(checkpoint, precision="fp32")
+    path, _ = export_model(predictor, "onnx", workdir / "export" / "model.onnx")
+    return {"onnx": {"max_abs_diff": parity(predictor, path, "onnx")}}
+
+
+MAIN_JOB_LINE = re.compile(r"Wall time (\d+) s; the epochs took (\d+) s")
+RUN_LINE = re.compile(r"^Run \S+: \S+ on (.+), \d+ epochs", re.MULTILINE)
+
+
+def measure_main_job(workdir: Path, timeout_s: float) -> tuple[dict[str, dict[str, Any]], Path, Path]:
+    """The main job as `make run` runs it (the reference recipe on the embedded data, built first), in a
+    fresh folder: its wall time, start to exit, against the sum of its epoch times. Also its best
+    checkpoint and data root, which the int8 comparison uses (a trained model, not random weights)."""
+    home = workdir / "main-job"
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    start = time.perf_counter()
+    ran = subprocess.run([sys.executable, str(REPO_ROOT / "experiments" / "reproduce_baseline.py"), "--no-promote",
+                          "--name", "benchmark-main"], cwd=home, env=env, capture_output=True, text=True,
+                         timeout=timeout_s)
+    wall = time.perf_counter() - start
+    if ran.returncode != 0:
+        raise RuntimeError(f"the main job failed (exit {ran.returncode}): {(ran.stderr or ran.stdout)[-600:]}")
+    epochs = MAIN_JOB_LINE.search(ran.stdout)
+    data = RUN_LINE.search(ran.stdout)
+    if epochs is None or data is None:
+        raise RuntimeError(f"the main job's output did not say its times: {ran.stdout[-600:]}")
+    print(f"[benchmark] main job: {epochs.group(0)}", flush=True)
+    best = home / "checkpoints" / "benchmark-main" / "best.pth"
+    return {"main_job": {"wall_s": wall, "epochs_s": float(epochs.group(2)),
+                         "reported_wall_s": float(epochs.group(1))}}, best, Path(data.group(1))
 
 
 def measure_ray(config: ExperimentConfig, checkpoint: Path, data_root: Path, image: bytes, s: Settings,
@@ -232,8 +318,9 @@ def measure_parity(workdir: Path, s: Settings) -> dict[str, dict[str, Any]]:
 
 
 def measure_without_ray(config: ExperimentConfig, data_root: Path, s: Settings, args: argparse.Namespace,
-                        phases: Phases, checkpoint: Path) -> None:
-    """The phases in this process: matmul peak, training and inference; writes the model to `checkpoint`."""
+                        phases: Phases, checkpoint: Path, workdir: Path) -> None:
+    """The phases in this process: matmul peak, training, inference, int8 and export; writes the model to
+    `checkpoint`."""
     cpu = torch.device("cpu")
     torch.manual_seed(0)
     # One randomly initialised detector serves as the checkpoint and as the naive loops' model.
@@ -242,8 +329,9 @@ def measure_without_ray(config: ExperimentConfig, data_root: Path, s: Settings, 
     phases.run("hardware: matmul peak", lambda: {"matmul_peak": {
         "fp32": bench.matmul_flops(torch.float32, cpu), "bf16": bench.matmul_flops(torch.bfloat16, cpu)}})
     phases.run("train: naive fp32 vs platform step", lambda: measure_training(config, naive_model, data_root, s))
-    phases.run("inference: naive fp32 vs predict path",
+    phases.run("inference: naive fp32 vs predict path vs int8",
                lambda: measure_inference(naive_model, checkpoint, data_root, s, args.infer_batch))
+    phases.run("export: ONNX parity", lambda: measure_onnx_parity(checkpoint, workdir))
 
 
 def run_cpu(args: argparse.Namespace, s: Settings, workdir: Path, phases: Phases) -> dict[str, float]:
@@ -251,20 +339,35 @@ def run_cpu(args: argparse.Namespace, s: Settings, workdir: Path, phases: Phases
     data_root = workdir / "data"
     need = args.batch_size * max(s.train_warmup, s.train_steps, s.ray_steps) + args.infer_batch
     train_count = max(64, 2 * math.ceil(need / 2))
-    # 2 validation images: Ray Train's loop validates every epoch, outside the figures measured.
-    build_dataset(data_root, counts={"train": train_count, "val": 2, "test": 2}, size=256)
+    # Validation images: the int8 comparison's (when no main job ran); Ray Train's loop validates every
+    # epoch too, outside the figures measured.
+    build_dataset(data_root, counts={"train": train_count, "val": s.int8_images, "test": 2}, size=256)
     config = benchmark_config(workdir, data_root, args.model, args.batch_size, compile=args.compile)
     checkpoint = workdir / "model.pth"
     image = next((data_root / "test" / "fake").glob("*.jpg")).read_bytes()
 
-    measure_without_ray(config, data_root, s, args, phases, checkpoint)
+    # The main job first, on a quiet machine: its trained model then judges int8 (random weights cannot).
+    trained: tuple[Path, Path] | None = None
+    if s.main_job and not args.no_ray:
+        def main_job() -> dict[str, dict[str, Any]]:
+            nonlocal trained
+            figures, best, root = measure_main_job(workdir, args.main_job_timeout)
+            trained = (best, root)
+            return figures
+
+        phases.run("the main job, as make run runs it", main_job, timeout_s=args.main_job_timeout + 60)
+    measure_without_ray(config, data_root, s, args, phases, checkpoint, workdir)
+    model, root = trained or (checkpoint, data_root)
+    phases.run("int8 against the platform's precision, validation images",
+               lambda: measure_int8_agreement(model, root, "val"))
     if not args.no_ray:
         measure_ray(config, checkpoint, data_root, image, s, workdir, phases)
     if s.parity_seeds:
         phases.run("numerics: bf16 vs fp32", lambda: measure_parity(workdir, s))
+    precision = resolve_precision("auto", torch.device("cpu"))
     if args.model != MODEL:  # the FLOP per image are the hybrid's at 224 px
-        return bench.summarize_cpu(phases.raw)
-    return bench.summarize_cpu(phases.raw, bench.TRAIN_FLOP_PER_IMAGE, bench.INFER_FLOP_PER_IMAGE)
+        return bench.summarize_cpu(phases.raw, precision=precision)
+    return bench.summarize_cpu(phases.raw, bench.TRAIN_FLOP_PER_IMAGE, bench.INFER_FLOP_PER_IMAGE, precision)
 
 
 # ---- GPU --------------------------------------------------------------------------------------------
@@ -329,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = {"mode": preset, "train batch": args.batch_size, "train steps per round": s.train_steps,
                         "rounds": s.train_rounds, "Ray Train steps per epoch": s.ray_steps,
                         "inference batch": args.infer_batch, "serve requests": s.serve_requests,
-                        "serve concurrency": s.serve_concurrency, "torch.compile": "on" if args.compile else "off"}
+                        "serve concurrency": s.serve_concurrency, "torch.compile": "on" if args.compile else "off",
+                        "platform precision": resolve_precision("auto", torch.device("cpu"))}
             table = bench.render_cpu_table(summary, info, settings)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -371,6 +475,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="the GPU's peak bf16 FLOP/s for MFU (default: H100 SXM dense, 989e12)")
     parser.add_argument("--phase-timeout", type=float, default=900.0, metavar="SECONDS",
                         help="each phase is stopped (and reported as failed) after this long")
+    parser.add_argument("--main-job-timeout", type=float, default=3600.0, metavar="SECONDS",
+                        help="full mode: the main job (reproduce_baseline.py, 5 epochs) is stopped after this long")
     parser.add_argument("--workdir", help="where the temporary data, checkpoints and Ray files go (deleted after)")
     return parser
 

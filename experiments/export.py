@@ -22,29 +22,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from deepfake_platform.export import FORMATS, example_batch, export_model, onnx_session
+from deepfake_platform.export import FORMATS, export_model, parity
 from deepfake_platform.orchestration.cli import run_command
 from deepfake_platform.predict import Predictor
-
-
-def exported_probabilities(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
-    """What the exported file answers for `images`, run as a user without this project would."""
-    if fmt == "onnx":
-        return onnx_session(path).run(["fake_probability"], {"images": images.numpy()})[0].reshape(-1)
-    model = torch.jit.load(str(path))
-    with torch.no_grad():
-        return model(images)[0].numpy().reshape(-1)
-
-
-def check_parity(predictor: Predictor, path: Path, fmt: str, batch: int = 3) -> float:
-    """The largest |difference| between the exported model's and the checkpoint's fp32 probabilities on a
-    batch whose size differs from the tracing batch (so the dynamic batch dimension is exercised too)."""
-    images = example_batch(predictor.info.image_size, batch) * 0.5
-    expected = predictor.predict_tensor(images)
-    return float(np.max(np.abs(exported_probabilities(path, fmt, images) - expected)))
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -55,7 +35,7 @@ def main(args: argparse.Namespace) -> dict:
     predictor = Predictor(checkpoint, precision="fp32")
     out = Path(args.out)
     model_path, sidecar = export_model(predictor, args.format, out)
-    difference = check_parity(predictor, model_path, args.format)
+    difference = parity(predictor, model_path, args.format)
     if difference > args.tolerance:
         model_path.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
