@@ -73,12 +73,14 @@ class Settings:
     parity_epochs: int
     int8_images: int = 32
     main_job: bool = False
+    score_images: int = 32
 
 
 PRESETS = {
     "full": Settings(train_warmup=2, train_steps=5, train_rounds=3, ray_steps=8, infer_warmup=1, infer_steps=3,
                      infer_rounds=3, serve_single=20, serve_warmup=48, serve_requests=96, serve_concurrency=16,
-                     parity_seeds=3, parity_epochs=4, int8_images=64, main_job=True),
+                     parity_seeds=3, parity_epochs=4, int8_images=64, main_job=True,
+                     score_images=160),
     "quick": Settings(train_warmup=1, train_steps=1, train_rounds=1, ray_steps=2, infer_warmup=1, infer_steps=1,
                       infer_rounds=1, serve_single=5, serve_warmup=16, serve_requests=32, serve_concurrency=16,
                       parity_seeds=0, parity_epochs=0),
@@ -281,6 +283,9 @@ def measure_ray(config: ExperimentConfig, checkpoint: Path, data_root: Path, ima
         phases.run("train through Ray Train", lambda: {
             "train_ray": bench.ray_train_throughput(ray_config, data_root, workdir / "ray_results")})
         phases.run("serve over HTTP", lambda: measure_serve(checkpoint, image, s))
+        with_errors_ignored(serve.shutdown)
+        phases.run("batch scoring with Ray Data vs the predict path",
+                   lambda: measure_scoring(checkpoint, data_root, s, workdir))
     finally:
         with_errors_ignored(serve.shutdown)
         ray.shutdown()
@@ -305,6 +310,40 @@ def measure_serve(checkpoint: Path, image: bytes, s: Settings) -> dict[str, dict
               "requests": float(len(latencies))}
     load = bench.concurrent_load(url, image, s.serve_requests, s.serve_concurrency, timeout_s=300)
     return {"serve_single": single, "serve_load": load}
+
+
+def measure_scoring(checkpoint: Path, data_root: Path, s: Settings, workdir: Path,
+                    batch_size: int = 16) -> dict[str, dict[str, Any]]:
+    """score.py's Ray Data pipeline on image files, start to finish (Ray Data's start and the model actor's
+    load included), against the single-process predict path on the same files at the same batch size
+    (decode, preprocess, predict)."""
+    from deepfake_platform.data import load_image, load_split
+    from deepfake_platform.orchestration.scoring import run_scoring
+    from deepfake_platform.predict import Predictor
+
+    sources = [Path(path) for path, _ in load_split(data_root, "train")]
+    folder = workdir / "archive"
+    folder.mkdir()
+    files = []
+    for i in range(s.score_images):  # distinct files: scoring skips paths it has seen
+        files.append(folder / f"{i:05d}{sources[i % len(sources)].suffix}")
+        shutil.copyfile(sources[i % len(sources)], files[-1])
+    predictor = Predictor(checkpoint)
+    predictor.predict_images([load_image(str(files[0]))])  # warm-up
+    start = time.perf_counter()
+    for first in range(0, len(files), batch_size):
+        predictor.predict_images([load_image(str(path)) for path in files[first:first + batch_size]])
+    bare = len(files) / (time.perf_counter() - start)
+    del predictor
+    gc.collect()
+    start = time.perf_counter()
+    summary = run_scoring([str(path) for path in files], workdir / "scores.parquet", checkpoint,
+                          batch_size=batch_size, faces="off")
+    wall = time.perf_counter() - start
+    if summary.scored != len(files) or summary.unreadable:
+        raise RuntimeError(f"batch scoring scored {summary.scored} of {len(files)} files ({summary.unreadable} unreadable)")
+    return {"score_bare": {"images_per_s": bare}, "score_ray_data": {"images_per_s": len(files) / wall,
+                                                                      "images": float(len(files))}}
 
 
 def measure_parity(workdir: Path, s: Settings) -> dict[str, dict[str, Any]]:

@@ -60,7 +60,7 @@ def test_quick_run_without_ray_writes_every_json_key(tmp_path, capsys):
     assert 0.0 <= figures["onnx_parity_max_abs_diff"] <= 1e-3
     # Skipped phases are null (valid JSON), never a made-up number; shares need the hybrid's FLOP count.
     for key in ("ray_train_vs_plain_step", "serve_vs_bare_batched", "serve_p50_ms", "train_ray_images_per_s",
-                "serve_p50_vs_bare_single", "main_job_overhead", "train_share_of_bf16_peak",
+                "serve_p50_vs_bare_single", "main_job_overhead", "score_vs_predict_path", "train_share_of_bf16_peak",
                 "infer_share_of_bf16_peak"):
         assert figures[key] is None, key
     assert figures["errors"] == {}
@@ -149,7 +149,7 @@ def test_summarize_cpu_ratios_and_missing_phases():
                    "infer_share_of_bf16_peak": "no", "serve_vs_bare_batched": "no",
                    "serve_p50_vs_bare_single": "not measured", "int8_speedup_vs_bf16": "yes",
                    "int8_mean_abs_diff": "yes", "int8_label_agreement": "yes", "onnx_parity_max_abs_diff": "yes",
-                   "main_job_overhead": "yes"}
+                   "main_job_overhead": "yes", "score_vs_predict_path": "not measured"}
     assert bench.target_met("data_wait_fraction", 0.2) == "no"
     assert bench.target_met("main_job_overhead", 1.16) == "no"
     assert bench.target_met("serve_p50_ms", 10.0) == ""

@@ -277,8 +277,12 @@ def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, b
         with warnings.catch_warnings():
             # SPREAD has no named parameter yet; ray_remote_args_fn goes in Ray 2.64 (pinned below 2.61 here).
             warnings.simplefilter("ignore", DeprecationWarning)
+            # Model threads: every core of the smallest node. The actor reserves half of them so decoding
+            # tasks always get CPUs, but those tasks take a small share of the time; one torch thread per
+            # reserved CPU would leave the model at half the predict path's speed on a 2-core node.
+            threads = max(1, int(min(cpus_per_node for cpus_per_node in nodes if cpus_per_node > 0)))
             scored = _model_stage(prepared, checkpoint, precision, use_gpu, cpus, actors, batch_size, faces,
-                                  skip_no_face)
+                                  skip_no_face, threads)
         rows = [{column: _plain(row[column]) for column in COLUMNS} for row in scored.iter_rows()]
     merged = previous + rows
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,12 +296,12 @@ def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, b
 
 
 def _model_stage(prepared: Any, checkpoint: str, precision: str, use_gpu: bool, cpus: float, actors: int,
-                 batch_size: int, faces: str | None, skip_no_face: bool) -> Any:
+                 batch_size: int, faces: str | None, skip_no_face: bool, threads: int) -> Any:
     from ray.data import ActorPoolStrategy  # ray:
 
     return prepared.map_batches(  # ray: the model in an actor pool, one actor per node (or GPU)
         Score, fn_constructor_kwargs={"checkpoint": checkpoint, "precision": precision,
-                                      "device": "cuda" if use_gpu else "cpu", "threads": math.ceil(cpus),
+                                      "device": "cuda" if use_gpu else "cpu", "threads": threads,
                                       "faces": faces, "skip_no_face": skip_no_face},
         batch_size=batch_size, num_cpus=cpus, num_gpus=1 if use_gpu else 0,
         compute=ActorPoolStrategy(size=actors), batch_format="numpy", ray_remote_args_fn=_spread)
