@@ -282,7 +282,7 @@ def measure_ray(config: ExperimentConfig, checkpoint: Path, data_root: Path, ima
         ray_config = with_changes(config, train={"epochs": 2, "max_steps_per_epoch": s.ray_steps})
         phases.run("train through Ray Train", lambda: {
             "train_ray": bench.ray_train_throughput(ray_config, data_root, workdir / "ray_results")})
-        phases.run("serve over HTTP", lambda: measure_serve(checkpoint, image, s))
+        phases.run("serve over HTTP", lambda: measure_serve(checkpoint, image, s, workdir))
         with_errors_ignored(serve.shutdown)
         phases.run("batch scoring with Ray Data vs the predict path",
                    lambda: measure_scoring(checkpoint, data_root, s, workdir))
@@ -298,9 +298,11 @@ def with_errors_ignored(action: Callable[[], Any]) -> None:
         print(f"[benchmark] clean-up: {type(err).__name__}: {err}", flush=True)
 
 
-def measure_serve(checkpoint: Path, image: bytes, s: Settings) -> dict[str, dict[str, Any]]:
+def measure_serve(checkpoint: Path, image: bytes, s: Settings, workdir: Path) -> dict[str, dict[str, Any]]:
     """The Serve app over HTTP: warm-up, sequential single requests, then concurrent clients."""
-    base = bench.deploy_serve(checkpoint, free_port(), {"token_env": NO_TOKEN_ENV})
+    # The prediction log and feedback in the temporary folder, never in the directory it was started from.
+    base = bench.deploy_serve(checkpoint, free_port(), {"token_env": NO_TOKEN_ENV, "log_dir": str(workdir / "logs"),
+                                                        "feedback_dir": str(workdir / "feedback")})
     url = f"{base}/predict"
     # Warm-up: every dynamic batch size (1 .. max_batch_size) builds its kernels once.
     bench.single_request_latencies(url, image, 2, timeout_s=120)
