@@ -280,6 +280,7 @@ def test_monitor_report_reads_the_log_against_validation_and_the_corrections(ser
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG", plot
 
 
+@pytest.mark.long  # a Ray Train run beside the server: `make test-long`, to keep `make test` under 15 minutes
 @pytest.mark.timeout(600)
 def test_corrections_sent_to_the_server_fine_tune_a_model_that_is_judged_and_promoted_by_the_rule(
         server, data_root, tmp_path):
