@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from deepfake_platform.files import link_or_copy, write_atomic
+
 FORMAT_VERSION = 2
 
 
@@ -116,18 +118,7 @@ def write_checkpoint(record: Checkpoint, path: str | Path) -> Path:
 
 
 def _write_atomic(payload: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
 def remove_partial_writes(folder: str | Path) -> list[Path]:
@@ -140,17 +131,9 @@ def remove_partial_writes(folder: str | Path) -> list[Path]:
 
 
 def link_checkpoint(source: str | Path, target: str | Path) -> Path:
-    """Make `target` the same file as `source` (a hard link), atomically: no second 1 GB write."""
-    source, target = Path(source), Path(target)
-    staging = target.with_name(f".{target.name}.{os.getpid()}.link")
-    staging.unlink(missing_ok=True)
-    try:
-        os.link(source, staging)
-    except OSError:
-        # File systems without hard links (some network mounts): a copy through the atomic writer.
-        return write_checkpoint(read_checkpoint(source), target)
-    os.replace(staging, target)
-    return target
+    """Make `target` the same checkpoint as `source`, atomically: a hard link where possible (no second
+    1 GB write), else a copy (another filesystem, or one without hard links)."""
+    return link_or_copy(source, target)
 
 
 # ---- reading ------------------------------------------------------------------------------------------

@@ -42,6 +42,16 @@ def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> tuple[float, flo
     return float((fpr[i] + fnr[i]) / 2.0), threshold
 
 
+def predicted_fake(scores: np.ndarray | float, threshold: float) -> np.ndarray | bool:
+    """The label rule, everywhere: a fake probability at or above the threshold means fake."""
+    return np.asarray(scores) >= threshold
+
+
+def label_of(probability: float, threshold: float) -> str:
+    """"fake" or "real": the label rule for one probability."""
+    return "fake" if bool(predicted_fake(probability, threshold)) else "real"
+
+
 def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """The decision threshold maximising Youden's J (TPR - FPR) on these (validation) predictions."""
     labels, scores = _check(labels, scores)
@@ -56,7 +66,7 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
 def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Accuracy, precision, recall, F1 and the confusion matrix at one threshold."""
     labels, scores = _check(labels, scores)
-    predicted = (scores >= threshold).astype(int)
+    predicted = predicted_fake(scores, threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
     return {
         "threshold": float(threshold),

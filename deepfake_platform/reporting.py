@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from deepfake_platform.files import write_text_atomic
+
 
 def cell(value: Any, digits: int = 4) -> str:
     """A table cell: floats to `digits` places, NaN and None as n/a, the rest as text."""
@@ -41,21 +43,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, np.generic):
         return json_safe(value.item())
     return value
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` whole or not at all: a second Ctrl-C never leaves half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json(path: str | Path, data: Any) -> Path:
