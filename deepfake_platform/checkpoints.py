@@ -248,3 +248,10 @@ def file_sha256(path: str | Path) -> str:
 def checkpoint_filename(epoch: int, val_auc: float) -> str:
     """The per-epoch file name, e.g. epoch_003_auc_0.9932.pth (auc_nan when undefined)."""
     return f"epoch_{epoch:03d}_auc_{'nan' if math.isnan(val_auc) else f'{val_auc:.4f}'}.pth"
+
+
+def epoch_checkpoints(folder: str | Path, *, epoch: int | None = None) -> list[Path]:
+    """A run's per-epoch checkpoint files in epoch order (only `epoch`'s when given): the one place that knows
+    the `epoch_XXX_auc_Y.pth` pattern besides checkpoint_filename."""
+    pattern = f"epoch_{epoch:03d}_auc_*.pth" if epoch is not None else "epoch_*_auc_*.pth"
+    return sorted(Path(folder).glob(pattern))
