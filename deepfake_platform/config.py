@@ -15,10 +15,12 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from deepfake_platform.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used as written."""
 
 

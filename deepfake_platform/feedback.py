@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from deepfake_platform.errors import InvalidInput, MissingInput
+
 LABELS = ("real", "fake")
 LABELS_FILE = "labels.jsonl"
 IMAGES_DIR = "images"
@@ -32,7 +34,7 @@ class FeedbackStore:
             suffix: str = ".jpg") -> dict[str, Any]:
         """Record that the answer to `request_id` should have been `label`; returns the stored line."""
         if label not in LABELS:
-            raise ValueError(f"label must be real or fake, not {label!r}.")
+            raise InvalidInput(f"label must be real or fake, not {label!r}.")
         sha256 = hashlib.sha256(image).hexdigest() if image is not None else None
         stored = None
         if image is not None and self.keep_images:
@@ -53,7 +55,7 @@ def read_feedback(directory: str | Path) -> list[dict[str, Any]]:
     """Every correction under `directory`, the latest per request id, with the image's absolute path."""
     path = Path(directory) / LABELS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: no feedback was recorded under {directory} yet.")
+        raise MissingInput(f"{path} does not exist: no feedback was recorded under {directory} yet.")
     latest: dict[str, dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         try:

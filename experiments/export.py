@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from deepfake_platform.errors import MissingInput
 from deepfake_platform.export import FORMATS, export_model, parity
 from deepfake_platform.orchestration.cli import run_command
 from deepfake_platform.predict import Predictor
@@ -30,7 +31,7 @@ from deepfake_platform.predict import Predictor
 def main(args: argparse.Namespace) -> dict:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"no checkpoint at {checkpoint}. Train and promote one with `make run` "
+        raise MissingInput(f"no checkpoint at {checkpoint}. Train and promote one with `make run` "
                                 "(or pass --checkpoint PATH to a .pth this platform wrote).")
     predictor = Predictor(checkpoint, precision="fp32")
     out = Path(args.out)

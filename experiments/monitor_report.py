@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from deepfake_platform.checkpoints import read_checkpoint
+from deepfake_platform.errors import MissingInput
 from deepfake_platform.feedback import read_feedback
 from deepfake_platform.monitoring import read_log, reference_scores
 from deepfake_platform.orchestration.cli import run_command
@@ -23,7 +24,7 @@ from deepfake_platform.orchestration.monitor_report import build_report
 
 def main(args: argparse.Namespace) -> Path:
     if not Path(args.log).is_dir():
-        raise FileNotFoundError(f"the prediction log {args.log} does not exist; point --log at the server's log_dir.")
+        raise MissingInput(f"the prediction log {args.log} does not exist; point --log at the server's log_dir.")
     records = read_log(args.log)
     reference = reference_scores(getattr(read_checkpoint(args.checkpoint), "val_scores", {}) or {})
     labels = {}

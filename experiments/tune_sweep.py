@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from deepfake_platform.data import resolve_data_root
+from deepfake_platform.errors import InvalidInput
 from deepfake_platform.orchestration.cli import add_verbose_flag, run_command
 from deepfake_platform.orchestration.cluster import cluster_nodes, ensure_ray
 from deepfake_platform.orchestration.sweep_config import experiment_config, load_sweep_config
@@ -52,7 +53,7 @@ def main(args: argparse.Namespace) -> SweepOutcome:
     storage = base.output.storage_path
     name = args.name or (latest_sweep(storage, sweep.name) if args.resume else None)
     if args.resume and name is None:
-        raise ValueError(f"there is no sweep {sweep.name} to resume under {storage}; drop --resume to start one.")
+        raise InvalidInput(f"there is no sweep {sweep.name} to resume under {storage}; drop --resume to start one.")
     name = name or f"{sweep.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
     ensure_ray(verbose=args.verbose)
@@ -61,7 +62,7 @@ def main(args: argparse.Namespace) -> SweepOutcome:
         plan = SweepPlan.load(Path(base.output.runs_dir) / name / "sweep_plan.json")
         print(f"Resuming sweep {name} from {plan.tune_path}: finished trials are kept.", flush=True)
     elif args.resume:
-        raise ValueError(f"sweep {name} has no Tune state under {storage} to resume; drop --resume to start it.")
+        raise InvalidInput(f"sweep {name} has no Tune state under {storage} to resume; drop --resume to start it.")
     else:
         data_root = resolve_data_root(args.data, base.data.root, base.data.embedded, home)
         plan = make_plan(sweep, base, name=name, data_root=data_root, nodes=cluster_nodes())

@@ -29,6 +29,7 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from deepfake_platform.config import Section, build
+from deepfake_platform.errors import UserError
 
 FACE_MODES = ("off", "largest", "all")
 FACE_DETECTORS = ("haar", "yunet")
@@ -48,7 +49,7 @@ _HAAR_MIN_FACE_PX = 40
 _HAAR_MIN_NEIGHBORS = 7
 
 
-class FaceDetectorError(ValueError):
+class FaceDetectorError(UserError, ValueError):
     """A face detector that cannot be built: a missing model file or an OpenCV without the cascade."""
 
 

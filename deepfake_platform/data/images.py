@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from deepfake_platform.errors import UserError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -16,7 +18,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
-class BadImageError(ValueError):
+class BadImageError(UserError, ValueError):
     """An image that cannot be decoded, or that is too large to decode safely."""
 
     def __init__(self, name: str, reason: str):

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepfake_platform.data.images import BadImageError, is_image_name, load_image
+from deepfake_platform.errors import UserError
 
 SPLITS = ("train", "val", "test")
 CLASSES = ("real", "fake")  # the position is the label: 1 means fake
@@ -51,7 +52,7 @@ _MANIFEST_SCHEMA = pa.schema([
 ])
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A data root that cannot be trained or evaluated on: missing or empty splits or classes."""
 
 

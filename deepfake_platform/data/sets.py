@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfake_platform.data.scan import DatasetError, load_split
+from deepfake_platform.errors import MissingInput
 
 FACES_PRESET_FILE = "faces.json"
 FACES_MANIFEST_FILE = "faces.parquet"
@@ -83,7 +84,7 @@ def resolve_data_root(data: str | None, config_root: str, embedded: str, home: P
     if chosen:
         root = (home / Path(chosen).expanduser()).resolve()
         if not root.is_dir():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"data root {root} does not exist. Point --data at a folder with train/, val/ and test/, each "
                 "holding real/ and fake/, or omit it to use the embedded data set."
             )

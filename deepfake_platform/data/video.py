@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from deepfake_platform.data.images import DEFAULT_MAX_PIXELS
+from deepfake_platform.errors import MissingInput, UserError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v"})
 DEFAULT_NUM_FRAMES = 32
@@ -39,7 +40,7 @@ _WRITER_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"
 _UPLOAD_NAME = "the uploaded video"
 
 
-class BadVideoError(ValueError):
+class BadVideoError(UserError, ValueError):
     """A video that cannot be decoded, or that is too large or too long to accept."""
 
     def __init__(self, name: str, reason: str):
@@ -173,7 +174,7 @@ def _to_bgr(frame: np.ndarray | Image.Image) -> np.ndarray:
 def _open(path: Path, name: str, max_pixels: int) -> tuple[cv2.VideoCapture, VideoInfo, np.ndarray]:
     """An open capture positioned after frame 0, what the container says, and frame 0 itself (BGR)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist or is not a file.")
+        raise MissingInput(f"{path} does not exist or is not a file.")
     if path.stat().st_size == 0:
         raise BadVideoError(name, "is empty (0 bytes); check that the file was copied or uploaded completely.")
     capture = _capture(path, name)

@@ -1,9 +1,10 @@
 """What every recipe in experiments/ shares: the experiment config it runs, and how a command ends.
 
 `run_command(main)` turns the ways a command can end into what a user should see: a mistake they can
-fix is one `error: ...` line (exit status 2), a run that failed is one line (1), a stop with Ctrl-C
-stops the Ray this command started and ends with what was kept and how to continue (130). Ray's own
-tracebacks never replace the sentence.
+fix (a `UserError`, deepfake_platform/errors.py) is one `error: ...` line (exit status 2), a run that
+failed is one line (1), a stop with Ctrl-C stops the Ray this command started and ends with what was kept
+and how to continue (130). Ray's own tracebacks never replace the sentence. Anything else is a bug and
+ends with its traceback.
 """
 
 from __future__ import annotations
@@ -16,23 +17,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from deepfake_platform.checkpoints import CheckpointError, DetectorCheckpoint, read_checkpoint
+from deepfake_platform.checkpoints import DetectorCheckpoint, read_checkpoint
 from deepfake_platform.config import (
-    ConfigError,
     ExperimentConfig,
     apply_overrides,
     config_from_dict,
     load_config,
+    with_changes,
 )
-from deepfake_platform.data import DatasetError
-from deepfake_platform.orchestration.cluster import ClusterError
+from deepfake_platform.errors import UserError
 from deepfake_platform.orchestration.train import RunFailed, RunStopped
 
 T = TypeVar("T")
-
-# Errors a user can cause and fix: shown as a sentence, not a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, DatasetError, ClusterError,
-                                                FileNotFoundError, ValueError)
 
 
 def load_experiment_config(args: argparse.Namespace, default: Path) -> ExperimentConfig:
@@ -50,9 +46,12 @@ def load_experiment_config(args: argparse.Namespace, default: Path) -> Experimen
         ("scaling", "use_gpu"): True if getattr(args, "use_gpu", False) else None,
         ("train", "epochs"): getattr(args, "epochs", None) or None,
     }
+    sections: dict[str, dict] = {}
     for (section, key), value in changes.items():
         if value is not None:
-            setattr(getattr(config, section), key, value)  # checked on assignment
+            sections.setdefault(section, {})[key] = value
+    if sections:  # checked like the file: a flag out of range is a ConfigError naming its key
+        config = with_changes(config, **sections)
     if getattr(args, "name", None):
         config.name = args.name
     return config
@@ -104,6 +103,6 @@ def run_command(main: Callable[[], T]) -> T:
     except RunFailed as err:
         _last_line(f"error: {err}")
         sys.exit(1)
-    except USER_ERRORS as err:
+    except UserError as err:
         _last_line(f"error: {err}")
         sys.exit(2)

@@ -9,20 +9,23 @@ client does not send is a sentence saying what to set.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from deepfake_platform.config import REPO_ROOT
+from deepfake_platform.errors import UserError
 
 # What each Ray worker needs to know about the console: tqdm_ray bars, no print patch (it doubles lines).
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError, RuntimeError):
     """A Ray cluster that cannot be joined as configured."""
 
 
@@ -69,18 +72,18 @@ def ensure_ray(*, verbose: bool = False, num_cpus: int | None = None) -> bool:
         options["logging_level"] = "WARNING"
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # A `ray job submit` entrypoint: the job's working dir already carries the code to every node.
-        _init(ray, None, {**options, "runtime_env": {"env_vars": WORKER_ENV}})
+        _init(ray, None, verbose, {**options, "runtime_env": {"env_vars": WORKER_ENV}})
         return False
     if address and address != "local":
         # A cluster that refuses the client retries for a minute by default: ten seconds say as much.
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "10")
         # Ship the project's packages, so a clone runs on a cluster where nothing is installed.
         packages = [str(REPO_ROOT / name) for name in ("deepfake_platform", "models")]
-        _init(ray, address, {**options, "runtime_env": {"py_modules": packages, "env_vars": WORKER_ENV}})
+        _init(ray, address, verbose, {**options, "runtime_env": {"py_modules": packages, "env_vars": WORKER_ENV}})
         return False
     if address != "local":
         try:  # a cluster started on this machine with `ray start --head`
-            _init(ray, "auto", {**options, "runtime_env": {"env_vars": WORKER_ENV}})
+            _init(ray, "auto", verbose, {**options, "runtime_env": {"env_vars": WORKER_ENV}})
             return False
         except ConnectionError:
             pass
@@ -90,16 +93,21 @@ def ensure_ray(*, verbose: bool = False, num_cpus: int | None = None) -> bool:
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     if num_cpus:
         options["num_cpus"] = num_cpus
-    _init(ray, "local", {**options, "include_dashboard": True, "dashboard_port": port,
+    _init(ray, "local", verbose, {**options, "include_dashboard": True, "dashboard_port": port,
                          "runtime_env": {"env_vars": {**WORKER_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}})
     return True
 
 
-def _init(ray: Any, address: str | None, options: dict[str, Any]) -> None:
+def _init(ray: Any, address: str | None, verbose: bool, options: dict[str, Any]) -> None:
     from ray.exceptions import AuthenticationError  # ray:
 
+    if not verbose:
+        # "Token authentication is enabled for this Ray cluster": Ray's default, said on every start.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         ray.init(address=address, **options)  # ray:
+        if not verbose:
+            quiet_console()
     except AuthenticationError as err:
         raise ClusterError(auth_hint(address)) from err
     except (RuntimeError, ConnectionError) as err:
@@ -109,6 +117,46 @@ def _init(ray: Any, address: str | None, options: dict[str, Any]) -> None:
         if os.environ.get("RAY_AUTH_MODE") != "token" or "authenticat" in text.lower():
             raise ClusterError(auth_hint(address)) from err
         raise ClusterError(f"could not join the Ray cluster at {address}: {err}") from err
+
+
+# Ray's internals that reach the console from its own processes: C++ log lines (`[2026-12-05 08:33:34,811 E
+# 9612 9700] core_worker.cc:2465: ...`) and whatever the Train controller logs (transient resource-request
+# tracebacks under load). They stay in Ray's log files under its session folder, and --verbose shows them.
+RAY_INTERNAL_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \S+\.(cc|h):\d+")
+RAY_INTERNAL_ACTORS = ("TrainController",)
+
+
+def is_ray_internal(data: dict[str, Any]) -> bool:
+    """Whether a batch of worker output (Ray's dict: lines, actor_name, ...) comes from Ray's own controller."""
+    return any(actor in (data.get("actor_name") or "") for actor in RAY_INTERNAL_ACTORS)
+
+
+def console_lines(data: dict[str, Any]) -> list[str]:
+    """The lines of a batch of worker output that belong on the console."""
+    if is_ray_internal(data):
+        return []
+    return [line for line in data.get("lines", []) if not RAY_INTERNAL_LINE.match(line)]
+
+
+def quiet_console() -> None:
+    """Filter what Ray forwards from its workers to this console through `console_lines`."""
+    # ray: no public hook filters worker output; this wraps the handler ray.init(log_to_driver=True) installed.
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    for name, handler in list(dispatcher.handlers):
+        if name == "ray_print_logs" and not isinstance(handler, _Filtered):
+            dispatcher.remove_handler(name)
+            dispatcher.add_handler(name, _Filtered(handler))
+
+
+class _Filtered:
+    def __init__(self, handler: Any):
+        self.handler = handler
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        lines = console_lines(data)
+        if lines:
+            self.handler({**data, "lines": lines})
 
 
 def cluster_nodes() -> list[dict[str, float]]:

@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from deepfake_platform.checkpoints import DetectorCheckpoint, read_checkpoint
 from deepfake_platform.config import ConfigError, Section, load
 from deepfake_platform.ensemble import Combiner, EnsembleSpec, Member, logit, safe_name, save_frequency_member
+from deepfake_platform.errors import InvalidInput
 from deepfake_platform.metrics import choose_threshold, classification_report, roc_auc
 from deepfake_platform.reporting import markdown_table, plot_roc, write_text_atomic
 
@@ -68,7 +69,7 @@ class EnsembleConfig(Section):
     @model_validator(mode="after")
     def _has_members(self) -> EnsembleConfig:
         if not self.members and not self.frequency.enabled:
-            raise ValueError("the ensemble has no members; list checkpoints under members or enable frequency")
+            raise InvalidInput("the ensemble has no members; list checkpoints under members or enable frequency")
         return self
 
 
@@ -140,7 +141,7 @@ def score_members(members: dict[str, Member], samples: list[tuple[str, int]],
     from deepfake_platform.data import load_image
 
     if not samples:
-        raise ValueError("the split has no readable images to score.")
+        raise InvalidInput("the split has no readable images to score.")
     rows = []
     for start in range(0, len(samples), batch_size):
         images = [load_image(path) for path, _ in samples[start:start + batch_size]]
@@ -157,7 +158,7 @@ def fit_stacking(probabilities: np.ndarray, labels: np.ndarray) -> tuple[list[fl
 
     labels = np.asarray(labels).astype(int).ravel()
     if len(np.unique(labels)) < 2:
-        raise ValueError("stacking needs both real and fake images in the validation split.")
+        raise InvalidInput("stacking needs both real and fake images in the validation split.")
     model = LogisticRegression(C=1.0, max_iter=1000).fit(logit(np.asarray(probabilities, dtype=np.float64)), labels)
     return [float(c) for c in model.coef_[0]], float(model.intercept_[0])
 

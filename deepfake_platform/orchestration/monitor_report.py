@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from deepfake_platform.errors import InvalidInput
 from deepfake_platform.monitoring import bucket_size, ks_pvalue, psi, summarize
 from deepfake_platform.reporting import markdown_table, write_text_atomic
 
@@ -19,7 +20,7 @@ def build_report(records: list[dict[str, Any]], reference: list[float], labels: 
                  sources: dict[str, str]) -> Path:
     """Write MONITORING.md and its plots under `out`; its path. `sources` names the log, checkpoint, feedback."""
     if not records:
-        raise ValueError(f"the prediction log {sources['log']} holds no answers yet; serve some requests first.")
+        raise InvalidInput(f"the prediction log {sources['log']} holds no answers yet; serve some requests first.")
     out.mkdir(parents=True, exist_ok=True)
     times = [dt.datetime.fromisoformat(r["time"]).timestamp() for r in records]
     width, name = bucket_size(min(times), max(times))

@@ -1,0 +1,72 @@
+"""How a command ends (deepfake_platform/orchestration/cli.py): a mistake the user can fix is one sentence
+and exit status 2; anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepfake_platform.checkpoints import CheckpointError
+from deepfake_platform.config import ConfigError
+from deepfake_platform.data import BadImageError, DatasetError
+from deepfake_platform.data.faces import FaceDetectorError
+from deepfake_platform.data.video import BadVideoError
+from deepfake_platform.errors import InvalidInput, MissingInput, UserError
+from deepfake_platform.fine_tuning.feedback_split import FeedbackError
+from deepfake_platform.orchestration.cli import run_command
+from deepfake_platform.orchestration.cluster import ClusterError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("error", [ConfigError, CheckpointError, DatasetError, ClusterError, FeedbackError,
+                                   FaceDetectorError, BadImageError, BadVideoError, InvalidInput, MissingInput])
+def test_every_sentence_error_is_a_user_error(error):
+    assert issubclass(error, UserError)
+
+
+def test_a_user_error_is_its_sentence_on_one_line_and_status_2(capsys):
+    def main():
+        raise ConfigError("override 'lr' must look like key=value, e.g. train.lr=3e-4.")
+
+    with pytest.raises(SystemExit) as ended:
+        run_command(main)
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == "error: override 'lr' must look like key=value, e.g. train.lr=3e-4.\n"
+
+
+@pytest.mark.parametrize("bug", [ValueError("operands could not be broadcast"), KeyError("config"),
+                                 FileNotFoundError("/tmp/scratch")])
+def test_any_other_error_is_a_bug_and_is_not_turned_into_a_sentence(bug, capsys):
+    def main():
+        raise bug
+
+    with pytest.raises(type(bug)):
+        run_command(main)
+    assert capsys.readouterr().err == ""
+
+
+def fine_tune_command(tmp_path: Path, *args: str, patch: str = "") -> subprocess.CompletedProcess:
+    """experiments/fine_tune.py run as a user runs it, after `patch` (Python) has broken something inside."""
+    driver = (f"import runpy, sys\n{patch}\n"
+              f"sys.argv = ['fine_tune.py', *{list(args)!r}]\n"
+              f"runpy.run_path({str(REPO / 'experiments' / 'fine_tune.py')!r}, run_name='__main__')\n")
+    return subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+def test_a_command_shows_a_users_mistake_as_a_sentence_and_a_bug_with_its_traceback(tmp_path):
+    mistake = fine_tune_command(tmp_path, "--feedback", "feedback", "--margin", "-1")
+    assert mistake.returncode == 2
+    assert mistake.stderr == ("error: --margin must be 0 or more (the validation AUC the new model may lose), "
+                              "not -1.0.\n")
+    broken = "import deepfake_platform.orchestration.fine_tune as ft\n"
+    for error, last_line in (("ValueError('an internal bug')", "ValueError: an internal bug"),
+                             ("KeyError('an internal bug')", "KeyError: 'an internal bug'")):
+        bug = fine_tune_command(tmp_path, "--feedback", "feedback",
+                                patch=f"{broken}def fail(*args, **kwargs):\n    raise {error}\nft.read_checkpoint = fail")
+        assert bug.returncode == 1
+        assert "Traceback (most recent call last)" in bug.stderr and "in fail" in bug.stderr
+        assert bug.stderr.strip().splitlines()[-1] == last_line and "error: " not in bug.stderr
