@@ -34,8 +34,8 @@ def psi(reference: Iterable[float], current: Iterable[float], bins: int = PSI_BI
     if reference.size == 0 or current.size == 0:
         return float("nan")
     edges = np.unique(np.quantile(reference, np.linspace(0.0, 1.0, bins + 1)))
-    if edges.size < 2:  # a reference of one repeated value: split around it
-        edges = np.array([edges[0] - 1e-9, edges[0] + 1e-9])
+    if edges.size < 2:  # a reference of one repeated value: below it, it, above it
+        edges = np.array([-np.inf, edges[0] - 1e-9, edges[0] + 1e-9, np.inf])
     edges[0], edges[-1] = -np.inf, np.inf
     expected = np.maximum(np.histogram(reference, edges)[0] / reference.size, _EPS)
     actual = np.maximum(np.histogram(current, edges)[0] / current.size, _EPS)

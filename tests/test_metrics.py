@@ -11,6 +11,8 @@ from deepfake_platform.metrics import (
     choose_threshold,
     classification_report,
     equal_error_rate,
+    label_of,
+    predicted_fake,
     roc_auc,
     threshold_metrics,
 )
@@ -90,3 +92,11 @@ def test_video_auc_is_the_auc_of_each_videos_mean_frame_score():
     assert roc_auc(labels, scores) < 1.0
     with pytest.raises(ValueError, match="carry both labels"):
         video_scores(np.array([0.1, 0.2]), np.array([0, 1]), ["v", "v"])
+
+
+def test_the_label_rule_calls_a_probability_at_or_above_the_threshold_fake():
+    assert predicted_fake(SCORES, 0.55).tolist() == [score >= 0.55 for score in SCORES.tolist()]
+    assert predicted_fake(SCORES, 0.55).sum() == 5  # 0.8, 0.7, 0.9 and 0.65 above it, 0.55 exactly at it
+    assert label_of(0.55, 0.55) == "fake" and label_of(0.5499, 0.55) == "real"
+    assert [label_of(score, 0.5) for score in (0.0, 0.49, 0.5, 1.0)] == ["real", "real", "fake", "fake"]
+    assert bool(predicted_fake(0.3, 0.3)) and not bool(predicted_fake(0.3, 0.31))
