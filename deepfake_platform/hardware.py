@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 import platform
 from pathlib import Path
 from typing import Any
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 @functools.cache
@@ -21,9 +29,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_summary(device: str, num_workers: int, cpus_per_worker: float, precision: str) -> dict[str, Any]:
-    """The machine and software a run used, for the report."""
-    import ray
+def machine_summary(device: str, num_workers: int, cpus_per_worker: float, threads_per_worker: int,
+                    precision: str) -> dict[str, Any]:
+    """The machine and software a run used, for the report: the CPUs each worker held and the torch threads it
+    really ran."""
     import torch
 
     return {
@@ -32,8 +41,9 @@ def machine_summary(device: str, num_workers: int, cpus_per_worker: float, preci
         "logical_cpus": os.cpu_count(),
         "num_workers": num_workers,
         "cpus_per_worker": cpus_per_worker,
+        "threads_per_worker": threads_per_worker,
         "precision": precision,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "ray": ray.__version__,
+        "ray": _version("ray"),
     }

@@ -1,25 +1,18 @@
-"""The training loop: plain PyTorch, run on each Ray Train worker.
+"""Training, one step at a time: plain PyTorch, no Ray.
 
 Read top to bottom: the building blocks (`build_detector`, `make_loaders`, `build_optimizer`), one
-epoch (`train_one_epoch`), validation (`validate`), what a checkpoint holds (`epoch_checkpoint`), where
-a run continues from (`latest_state`), then `train_loop_per_worker`, whose Ray lines are marked
-`# ray:`. The same loop serves the main job, every Ray Tune trial, fine-tuning and the benchmark;
-the launcher that starts it on Ray lives in `deepfake_platform.orchestration.train`.
-
-Deterministic failures (a diverging loss, a broken data set or config) end the loop with a status
-the launcher turns into one sentence; they are never retried. Only a lost worker or node is.
+epoch (`train_one_epoch`), validation (`validate`). The run of epochs that checkpoints and keeps the
+best is `deepfake_platform.epoch_loop`; the Ray Train worker that runs it on every node is
+`deepfake_platform.orchestration.worker`. The same loop serves the main job, every Ray Tune trial,
+fine-tuning and the benchmark.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,32 +21,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
-from deepfake_platform.checkpoints import (
-    CheckpointError,
-    DetectorCheckpoint,
-    checkpoint_filename,
-    link_checkpoint,
-    read_checkpoint,
-    remove_partial_writes,
-    write_checkpoint,
-)
-from deepfake_platform.config import ConfigError, ExperimentConfig, config_from_dict
-from deepfake_platform.metrics import auc_key, choose_threshold, roc_auc, video_scores
-from deepfake_platform.outputs import RunPaths, clear_status, write_status
-from deepfake_platform.predict import autocast, forward_logits, resolve_precision
-from models import parameter_table
-
-RAY_CHECKPOINT_FILE = "checkpoint.pth"
+from deepfake_platform.config import ExperimentConfig
+from deepfake_platform.metrics import choose_threshold, roc_auc, video_scores
+from deepfake_platform.predict import autocast, forward_logits
 
 
 class TrainingDiverged(RuntimeError):
     """The loss, the weights or the validation scores stopped being finite numbers."""
-
-
-# Mistakes that repeat on every attempt: shown as a sentence, never retried.
-DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (TrainingDiverged, ConfigError, CheckpointError, ValueError,
-                                                         FileNotFoundError)
 
 
 # ---- building blocks (plain PyTorch: unit-testable without Ray) ---------------------------------------
@@ -157,22 +133,24 @@ def _all_ranks_agree(ok: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
-def _progress(iterable: Iterable, total: int, description: str, enabled: bool):
-    if not enabled:
-        return iterable
-    # Under Ray, tqdm_ray's updates travel to the driver, which draws one bar; plain tqdm elsewhere.
-    if os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH") == "0":
-        from ray.experimental.tqdm_ray import tqdm  # ray:
-    else:
-        from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=description, unit="batch")
+def set_threads(cpus: float) -> int:
+    """Use `cpus` cores for torch's intra-op threads (at least one); the count set."""
+    # Ray sets OMP_NUM_THREADS to the worker's CPU count; set torch's too, so each worker uses its share.
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
 
 
 def train_one_epoch(
     model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device, precision: str, *,
     epoch: int, max_steps: int = 0, on_batch: Callable[[int, float], None] | None = None, show_progress: bool = False,
+    progress_class: Any = None,
 ) -> dict[str, float]:
     """One pass over the training data; mean loss, image count, throughput and data-wait share.
+
+    `progress_class` draws the bar when `show_progress` (default tqdm; under Ray, the orchestrator passes
+    Ray's tqdm, whose updates travel to the driver).
 
     A loss that is not a finite number on any rank raises TrainingDiverged at that step, on every rank.
     """
@@ -180,7 +158,8 @@ def train_one_epoch(
     criterion = nn.BCEWithLogitsLoss()
     total_loss, seen, data_wait = 0.0, 0, 0.0
     steps = len(loader) if not max_steps else min(max_steps, len(loader))
-    bar = _progress(loader, steps, f"epoch {epoch}", show_progress)
+    bar = (progress_class or tqdm)(loader, total=steps, desc=f"epoch {epoch}", unit="batch") if show_progress \
+        else tqdm(loader, total=steps, disable=True)
     start = tick = time.perf_counter()
     try:
         for step, (images, labels) in enumerate(bar):
@@ -213,8 +192,7 @@ def train_one_epoch(
                                     f"{seen / (time.perf_counter() - start):.2f} img/s")
             tick = time.perf_counter()
     finally:
-        if show_progress:
-            bar.close()
+        bar.close()
     elapsed = time.perf_counter() - start
     return {
         "train_loss": total_loss / max(seen, 1),
@@ -268,212 +246,4 @@ def validate(model: nn.Module, loader: DataLoader, device: torch.device, precisi
         metrics["val_video_threshold"] = choose_threshold(video_labels, per_video)
     return metrics
 
-
-def epoch_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, config: ExperimentConfig, epoch: int,
-                     metrics: dict[str, Any], history: list[dict[str, float]], faces: dict[str, Any],
-                     precision: str) -> DetectorCheckpoint:
-    """Everything an epoch's checkpoint holds: enough to resume exactly, rebuild the model alone and report."""
-    return DetectorCheckpoint(
-        detector=config.model.name,
-        detector_kwargs=dict(model.detector_kwargs),
-        model_state_dict=model.state_dict(),
-        optimizer_state_dict=optimizer.state_dict(),
-        epoch=epoch,
-        val_auc=float(metrics["val_auc"]),
-        val_threshold=float(metrics["val_threshold"]),
-        config=config.to_dict(),
-        history=[dict(row) for row in history],
-        pretrained_status=dict(getattr(model, "pretrained_status", {})),
-        parameters=parameter_table(model),
-        val_scores=metrics["scores"],
-        faces=dict(faces),
-        precision=precision,
-        video=({"val_auc": float(metrics["val_video_auc"]), "threshold": float(metrics["val_video_threshold"])}
-               if "val_video_auc" in metrics else {}),
-    )
-
-
-def latest_state(restored_dir: str | None, resume_from: str | None, checkpoints_dir: Path,
-                 detector: str) -> DetectorCheckpoint | None:
-    """The newest of: Ray's restored checkpoint, an explicit --resume file, and the run's own latest epoch file.
-
-    Without --resume the run's folder counts too, because a worker killed between writing its epoch file and
-    reporting it leaves Ray one epoch behind; and it makes rerunning a stopped run under its name continue it.
-    """
-    candidates = []
-    if restored_dir is not None:
-        candidates.append(read_checkpoint(Path(restored_dir) / RAY_CHECKPOINT_FILE, DetectorCheckpoint))
-    if resume_from:
-        candidates.append(read_checkpoint(resume_from, DetectorCheckpoint))
-    else:
-        # An explicit --resume file wins over later epochs left in the folder (as in the reference's train.py).
-        own = sorted(checkpoints_dir.glob("epoch_*_auc_*.pth"))
-        if own:
-            candidates.append(read_checkpoint(own[-1], DetectorCheckpoint))
-    for record in candidates:
-        if record.detector != detector:
-            raise CheckpointError(
-                f"the checkpoint to continue from holds a {record.detector} detector, not {detector}; choose a new "
-                f"--name (the run folder {checkpoints_dir} belongs to another experiment)."
-            )
-    return max(candidates, key=lambda record: record.epoch) if candidates else None
-
-
-def _quiet_ray_train_logs() -> None:
-    # Ray Train logs every report and checkpoint at INFO from the worker; warnings and errors still show.
-    from ray.train.v2._internal.execution import context, storage  # ray:
-
-    for logger in (context.logger, storage.logger):
-        logger.setLevel(logging.WARNING)
-
-
-def _set_threads(cpus: float) -> None:
-    # Ray sets OMP_NUM_THREADS to the worker's CPU count; set torch's too, so each worker uses its share.
-    threads = max(1, int(cpus))
-    torch.set_num_threads(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-
-
-# ---- the per-worker loop (runs inside each Ray Train worker) ----------------------------------------
-
-
-def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """Train on this worker's share, validate on all, checkpoint and report every epoch; returns the status."""
-    import ray.train  # ray:
-
-    paths = RunPaths.from_dict(loop_config["paths"])
-    rank = ray.train.get_context().get_world_rank()  # ray:
-    if not loop_config.get("verbose"):
-        _quiet_ray_train_logs()
-    try:
-        _train(loop_config, paths)
-    except DETERMINISTIC_ERRORS as err:
-        status = {"status": "diverged" if isinstance(err, TrainingDiverged) else "error", "message": str(err)}
-        if rank == 0:
-            write_status(paths, status)
-        return status
-    return {"status": "finished"}
-
-
-def _train(loop_config: dict[str, Any], paths: RunPaths) -> None:
-    import ray.train  # ray:
-    import ray.train.torch  # ray:
-
-    config = config_from_dict(loop_config["config"], "loop config")
-    context = ray.train.get_context()  # ray:
-    rank, world_size = context.get_world_rank(), context.get_world_size()  # ray:
-    _set_threads(loop_config["cpus_per_worker"])
-    torch.manual_seed(config.train.seed)
-    np.random.seed(config.train.seed + rank)
-    device = ray.train.torch.get_device() if config.scaling.use_gpu else torch.device("cpu")  # ray:
-    precision = resolve_precision(config.train.precision, device)
-
-    # On the device before the optimizer exists, so a resumed optimizer state lands next to its parameters.
-    model = prepare_detector(config, device)
-    optimizer = build_optimizer(model, config)
-    restored = ray.train.get_checkpoint()  # ray: set after a worker-group restart or a same-name rerun
-    with (restored.as_directory() if restored is not None else contextlib.nullcontext()) as restored_dir:
-        state = latest_state(restored_dir, loop_config.get("resume_from"), paths.checkpoints, config.model.name)
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state.model_state_dict)
-        optimizer.load_state_dict(state.optimizer_state_dict)
-        history = [row for row in state.history if row["epoch"] <= state.epoch]
-        start_epoch = state.epoch + 1
-        if rank == 0:
-            print(f"Resuming after epoch {state.epoch} (val AUC {state.val_auc:.4f}).", flush=True)
-    elif loop_config.get("init_from"):
-        # Fine-tuning: start from another run's weights, with a fresh optimizer and epoch count.
-        start = read_checkpoint(loop_config["init_from"], DetectorCheckpoint)
-        if start.detector != config.model.name:
-            raise CheckpointError(f"{loop_config['init_from']} holds a {start.detector} detector, not {config.model.name}.")
-        model.load_state_dict(start.model_state_dict)
-    train_model = ray.train.torch.prepare_model(model, move_to_device=False)  # ray: DDP when world > 1
-    train_model = compile_if_configured(train_model, config)
-    data_root = Path(loop_config["data_root"])
-    train_loader, val_loader = make_loaders(config, data_root, image_size_for(config, model), rank, world_size,
-                                            cpus=loop_config["cpus_per_worker"])
-    from deepfake_platform.data import face_preset_of, source_videos
-
-    faces = face_preset_of(data_root)
-    val_paths = [path for path, _ in getattr(val_loader.dataset, "samples", [])]
-    videos = source_videos(data_root, val_paths) if val_paths else None
-
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        paths.checkpoints.mkdir(parents=True, exist_ok=True)
-        remove_partial_writes(paths.checkpoints)  # a run stopped mid-write left a temporary file
-        clear_status(paths)
-        writer = SummaryWriter(log_dir=str(paths.run_dir / "tensorboard"))
-    best_auc = max((auc_key(row["val_auc"]) for row in history), default=-math.inf)
-
-    try:
-        for epoch in range(start_epoch, config.train.epochs):
-            train_loader.sampler.set_epoch(epoch)
-            getattr(train_loader.dataset, "set_epoch", lambda _: None)(epoch)
-            steps_per_epoch = len(train_loader)
-
-            def log_batch(step: int, loss: float, epoch: int = epoch, steps: int = steps_per_epoch) -> None:
-                if writer is not None:
-                    writer.add_scalar("train/batch_loss", loss, epoch * steps + step)
-
-            epoch_start = time.perf_counter()
-            train_stats = train_one_epoch(
-                train_model, train_loader, optimizer, device, precision, epoch=epoch,
-                max_steps=config.train.max_steps_per_epoch, on_batch=log_batch,
-                show_progress=rank == 0 and loop_config.get("progress", True),
-            )
-            if not all(torch.isfinite(p).all() for p in model.parameters()):
-                raise TrainingDiverged(
-                    f"training diverged in epoch {epoch}: the weights are no longer finite numbers at learning rate "
-                    f"{config.train.lr:g}. Lower train.lr or train in fp32 (--set train.precision=fp32); the "
-                    "checkpoints of earlier epochs are kept."
-                )
-            # Validate the unwrapped model: DDP's forward is a collective, and shards differ in length.
-            val_stats = validate(model, val_loader, device, precision, videos)
-            scores = val_stats.pop("scores")
-            metrics = {"epoch": epoch, **train_stats, **val_stats, "lr": optimizer.param_groups[0]["lr"],
-                       "epoch_time_s": time.perf_counter() - epoch_start, "world_size": world_size}
-            history.append({k: float(v) for k, v in metrics.items()})
-            checkpoint = None
-            if rank == 0:
-                _log_epoch(writer, metrics)
-                record = epoch_checkpoint(model, optimizer, config, epoch, {**metrics, "scores": scores}, history, faces,
-                                          precision)
-                epoch_file = write_checkpoint(record, paths.checkpoints / checkpoint_filename(epoch, metrics["val_auc"]))
-                # An attempt killed after writing this epoch's file leaves one with another AUC: one file per epoch.
-                for stale in paths.checkpoints.glob(f"epoch_{epoch:03d}_auc_*.pth"):
-                    if stale != epoch_file:
-                        stale.unlink(missing_ok=True)
-                if auc_key(metrics["val_auc"]) > best_auc:
-                    best_auc = auc_key(metrics["val_auc"])
-                    link_checkpoint(epoch_file, paths.checkpoints / "best.pth")
-                print(
-                    f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
-                    f"val AUC {metrics['val_auc']:.4f}, {metrics['images_per_s']:.2f} img/s, "
-                    f"{metrics['epoch_time_s']:.0f} s -> {epoch_file.name}",
-                    flush=True,
-                )
-                staging = Path(tempfile.mkdtemp(prefix="ckpt_"))
-                # A hard link: Ray copies the file into its storage without a second full write here.
-                os.link(epoch_file, staging / RAY_CHECKPOINT_FILE)
-                checkpoint = ray.train.Checkpoint.from_directory(str(staging))  # ray:
-            ray.train.report(metrics, checkpoint=checkpoint)  # ray: a barrier; rank 0 alone passes a checkpoint
-            if checkpoint is not None:
-                shutil.rmtree(checkpoint.path, ignore_errors=True)
-    finally:
-        if writer is not None:
-            writer.close()
-
-
-def _log_epoch(writer: Any, metrics: dict[str, float]) -> None:
-    writer.add_scalar("train/epoch_loss", metrics["train_loss"], metrics["epoch"])
-    writer.add_scalar("val/loss", metrics["val_loss"], metrics["epoch"])
-    writer.add_scalar("val/auc", metrics["val_auc"], metrics["epoch"])
-    writer.add_scalar("train/lr", metrics["lr"], metrics["epoch"])
-    writer.add_scalar("train/images_per_s", metrics["images_per_s"], metrics["epoch"])
-    writer.flush()
 

@@ -75,3 +75,13 @@ def test_checkpoints_are_read_in_one_place():
                     safe = isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value
                     calls.append((str(path.relative_to(REPO)), node.lineno, safe))
     assert [(path, safe) for path, _, safe in calls] == [("deepfake_platform/checkpoints.py", True)], calls
+
+
+def test_the_core_imports_no_ray():
+    """Ray belongs to orchestration: the core (training, prediction, data, metrics) runs and is tested without it."""
+    found = []
+    for path, module in source_files():
+        if layer_of(module) == LAYERS["core"]:
+            found += [f"{module} line {line}: {name}" for line, name in imported_modules(path)
+                      if name == "ray" or name.startswith("ray.")]
+    assert not found, found

@@ -9,6 +9,7 @@ from typing import Any
 from deepfake_platform.checkpoints import (
     DetectorCheckpoint,
     describe_parameters,
+    epoch_checkpoints,
     read_checkpoint,
     write_checkpoint,
 )
@@ -25,7 +26,7 @@ def finalize_run(outcome: TrainingOutcome, data_root: Path, *, promote_best: boo
     config, paths = outcome.config, outcome.paths
     best = read_checkpoint(outcome.best_checkpoint, DetectorCheckpoint)
     test = evaluate_record(best, outcome.best_checkpoint, data_root, "test")
-    checkpoints = sorted(p.name for p in paths.checkpoints.glob("*.pth"))
+    checkpoints = sorted(p.name for p in paths.checkpoints.glob("*.pth"))  # the epochs and best.pth
     results: dict[str, Any] = {
         "run": config.name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -42,8 +43,8 @@ def finalize_run(outcome: TrainingOutcome, data_root: Path, *, promote_best: boo
         "history": _full_history(paths.checkpoints, best.history),
         "parameters": describe_parameters(best),
         "hardware": machine_summary(
-            "cuda" if config.scaling.use_gpu else "cpu", config.scaling.num_workers, config.scaling.cpus_per_worker,
-            best.precision or config.train.precision,
+            "cuda" if config.scaling.use_gpu else "cpu", config.scaling.num_workers, outcome.cpus_per_worker,
+            _threads(best.history), best.precision or config.train.precision,
         ),
         "timing": {"total_s": outcome.wall_time_s, "epochs_s": outcome.epoch_time_s},
         "checkpoints": [str(paths.checkpoints / name) for name in checkpoints],
@@ -56,9 +57,15 @@ def finalize_run(outcome: TrainingOutcome, data_root: Path, *, promote_best: boo
     return write_report(results, paths.run_dir)
 
 
+def _threads(history: list[dict[str, float]]) -> int | None:
+    """The torch threads the workers really ran (recorded each epoch), or None for a run that predates it."""
+    counts = [int(row["threads"]) for row in history if "threads" in row]
+    return counts[-1] if counts else None
+
+
 def _full_history(checkpoints_dir: Path, best_history: list[dict[str, float]]) -> list[dict[str, float]]:
     """Every epoch's metrics: the best checkpoint's history stops at the best epoch, the last one's does not."""
-    latest = sorted(checkpoints_dir.glob("epoch_*.pth"))
+    latest = epoch_checkpoints(checkpoints_dir)
     if not latest:
         return best_history
     return read_checkpoint(latest[-1], DetectorCheckpoint).history

@@ -124,7 +124,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
 
     lines += ["", SECTIONS[5], "", "| item | value |", "| --- | --- |"]
-    for key in ("device", "cpu", "logical_cpus", "num_workers", "cpus_per_worker", "precision", "python", "torch", "ray"):
+    for key in ("device", "cpu", "logical_cpus", "num_workers", "cpus_per_worker", "threads_per_worker", "precision",
+                "python", "torch", "ray"):
         lines.append(f"| {key} | {hardware.get(key)} |")
     per_epoch = [row["epoch_time_s"] for row in history]
     lines += [

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepfake_platform.checkpoints import CheckpointError, DetectorCheckpoint, read_checkpoint
+from deepfake_platform.checkpoints import (
+    CheckpointError,
+    DetectorCheckpoint,
+    epoch_checkpoints,
+    read_checkpoint,
+)
 from deepfake_platform.config import ExperimentConfig
 from deepfake_platform.orchestration.cluster import cpus_per_worker
 from deepfake_platform.orchestration.worker_entry import train_loop_per_worker
@@ -81,6 +86,7 @@ class TrainingOutcome:
     best_checkpoint: Path
     wall_time_s: float
     epoch_time_s: float
+    cpus_per_worker: float
 
 
 def check_resume(resume_from: str | None, epochs: int) -> None:
@@ -117,9 +123,10 @@ def run_training(config: ExperimentConfig, data_root: Path, resume_from: str | N
     best = paths.checkpoints / "best.pth"
     if not best.is_file():
         raise RunFailed(f"the run finished without writing {best}; see the log above for the cause.")
-    latest = sorted(paths.checkpoints.glob("epoch_*_auc_*.pth"))[-1]
+    latest = epoch_checkpoints(paths.checkpoints)[-1]
     epoch_time = sum(row.get("epoch_time_s", 0.0) for row in read_checkpoint(latest, DetectorCheckpoint).history)
-    return TrainingOutcome(config, paths, best, time.perf_counter() - start, epoch_time)
+    return TrainingOutcome(config, paths, best, time.perf_counter() - start, epoch_time,
+                           trainer.train_loop_config["cpus_per_worker"])
 
 
 def _import_finalize_modules() -> None:
@@ -162,7 +169,7 @@ def fit_or_stop(trainer: Any, paths: RunPaths, rerun_hint: str) -> Any:
 
 def stopped_message(paths: RunPaths, rerun_hint: str) -> str:
     """What a stopped run kept and the command that continues it."""
-    epochs = sorted(paths.checkpoints.glob("epoch_*_auc_*.pth"))
+    epochs = epoch_checkpoints(paths.checkpoints)
     kept = (f"kept {len(epochs)} epoch checkpoint(s), the latest {epochs[-1]}" if epochs
             else "no epoch had finished, so no checkpoint was written")
     return f"Stopped: {kept}. Continue with: {rerun_hint}" if rerun_hint else f"Stopped: {kept}."

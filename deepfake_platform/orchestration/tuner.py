@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfake_platform.config import ExperimentConfig, config_from_dict, with_changes
+from deepfake_platform.errors import InvalidInput, MissingInput
 from deepfake_platform.orchestration.sweep_config import SweepConfig
 from deepfake_platform.orchestration.sweep_report import (
     best_healthy,
@@ -66,13 +67,13 @@ def size_trials(nodes: list[dict[str, float]], *, num_workers: int, cpus_per_wor
     cpus = [node.get("CPU", 0.0) for node in nodes]
     largest = max(cpus, default=0.0)
     if largest <= 0:
-        raise ValueError(
+        raise InvalidInput(
             "the Ray cluster has no CPUs yet. Start worker nodes first (e.g. min_workers in cluster.yaml) "
             "or connect to another cluster with RAY_ADDRESS."
         )
     per_worker = cpus_per_worker or max(1.0, math.floor(largest / num_workers))
     if per_worker > largest:
-        raise ValueError(
+        raise InvalidInput(
             f"scaling.cpus_per_worker={per_worker:g} is more than the largest node's {largest:g} CPUs, so no "
             f"worker could ever start. Set scaling.cpus_per_worker to at most {largest:g}."
         )
@@ -82,7 +83,7 @@ def size_trials(nodes: list[dict[str, float]], *, num_workers: int, cpus_per_wor
     fits = sum(slots) // num_workers
     if fits == 0:
         what = f"{num_workers} worker(s) x {per_worker:g} CPU" + (" + 1 GPU" if use_gpu else "")
-        raise ValueError(
+        raise InvalidInput(
             f"one trial needs {what}, more than the cluster holds ({sum(cpus):g} CPUs, "
             f"{sum(n.get('GPU', 0.0) for n in nodes):g} GPUs). Lower scaling.num_workers or "
             "scaling.cpus_per_worker, or add nodes."
@@ -135,7 +136,7 @@ class SweepPlan:
     def load(cls, path: Path) -> SweepPlan:
         """The plan a sweep started with (a resumed sweep keeps its experiment, space and sizing)."""
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{path} is missing, so the sweep cannot be resumed as it started. Start a new sweep "
                 "with another --name."
             )
@@ -279,7 +280,7 @@ class SweepOutcome:
 def latest_sweep(storage: str, prefix: str) -> str | None:
     """The most recently changed sweep named `prefix` or `prefix`-<time> under a local storage path."""
     if is_uri(storage):
-        raise ValueError(f"--resume cannot look for the latest sweep in {storage}; pass --name too.")
+        raise InvalidInput(f"--resume cannot look for the latest sweep in {storage}; pass --name too.")
     found = [path for path in [Path(storage) / prefix, *Path(storage).glob(f"{prefix}-*")] if (path / "tune").is_dir()]
     return max(found, key=lambda path: (path / "tune").stat().st_mtime).name if found else None
 
@@ -348,7 +349,8 @@ def finalize_best(plan: SweepPlan, rows: list[dict[str, Any]], *, promote_best: 
     config = trial_experiment(plan.experiment, row, f"{plan.sweep}/{row['trial']}")
     paths = RunPaths.for_config(config)
     checkpoint = paths.checkpoints / "best.pth"
-    report = finalize_run(TrainingOutcome(config, paths, checkpoint, row["time_s"], row["time_s"]),
+    report = finalize_run(TrainingOutcome(config, paths, checkpoint, row["time_s"], row["time_s"],
+                                          config.scaling.cpus_per_worker),
                           Path(plan.data_root), promote_best=promote_best)
     results = json.loads((report.parent / "results.json").read_text())
     return {"row": row, "checkpoint": checkpoint, "test": results["test"]["metrics"], "promoted": results["promoted"]}

@@ -10,7 +10,7 @@ from typing import Any
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """Run deepfake_platform.training.train_loop_per_worker in this Ray Train worker."""
-    from deepfake_platform.training import train_loop_per_worker as loop
+    """Run deepfake_platform.orchestration.worker.train_loop_per_worker in this Ray Train worker."""
+    from deepfake_platform.orchestration.worker import train_loop_per_worker as loop
 
     return loop(loop_config)
