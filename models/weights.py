@@ -172,6 +172,6 @@ def _unavailable(name: str, hub_id: str | None, policy: str, weights_key: str, t
         f" Continuing with RANDOM initialisation of {name!r} (pretrained_policy='auto'); "
         "expect accuracy far below the pretrained reference."
     )
+    # Once: a UserWarning reaches the console (and pytest.warns); a log line as well printed it twice.
     warnings.warn(message, UserWarning, stacklevel=3)
-    logger.warning(message)
     return "unavailable"
