@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-long run smoke sweep-smoke serve ensemble lint clean
+.PHONY: setup test-prerequisites test test-long run smoke sweep-smoke serve ensemble lint clean
 
 setup: $(STAMP)
 
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# What pip cannot install (Chromium for the page's test): installed when the machine allows, else one
+# sentence saying what to install, before anything runs.
+test-prerequisites:
+	@bash scripts/test_prerequisites.sh
+
 # The suite (under 15 minutes on 2 cores); the long fault-injection and cluster tests: `make test-long`.
-test: $(STAMP)
+test: test-prerequisites $(STAMP)
 	$(PY) -m pytest -m "not long" $(PYTEST_ARGS)
 
 test-long: $(STAMP)
