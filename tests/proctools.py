@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -58,6 +60,25 @@ def kill_tree(pid: int) -> None:
             pass
 
 
+def interrupt(job: subprocess.Popen, *, twice: bool = False) -> list[int]:
+    """Ctrl-C in a terminal: SIGINT to `job`'s whole process group (started with start_new_session=True), and
+    with `twice` an impatient second one. Asserts that the job ends with status 130 within 20 s and that every
+    process that was below it is gone 10 s later; returns those processes."""
+    processes = descendants(job.pid)
+    os.killpg(job.pid, signal.SIGINT)
+    if twice:
+        time.sleep(0.3)
+        os.killpg(job.pid, signal.SIGINT)
+    stopped = time.monotonic()
+    assert job.wait(timeout=60) == 130
+    assert time.monotonic() - stopped < 20, "the command took more than 20 s to stop"
+    deadline = time.monotonic() + 10
+    while alive := [pid for pid in processes if os.path.exists(f"/proc/{pid}")]:
+        assert time.monotonic() < deadline, f"processes {alive} outlived the stopped command by more than 10 s"
+        time.sleep(0.2)
+    return processes
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Processes whose command line contains `text` (a temp dir only one test's Ray uses), and their children."""
     found = [int(entry.name) for entry in Path("/proc").iterdir()
@@ -67,8 +88,6 @@ def processes_mentioning(text: str) -> list[int]:
 
 def stop_processes(pids: list[int], grace_s: float = 10.0) -> None:
     """SIGTERM `pids` (all started by the test), then SIGKILL what is left after `grace_s` seconds."""
-    import time
-
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)

@@ -26,17 +26,13 @@ from deepfake_platform.data import load_image
 from deepfake_platform.data.video import write_video
 from deepfake_platform.ensemble import (
     Combiner,
-    EnsembleSpec,
-    MemberSpec,
     load_predictor,
-    save_ensemble,
-    save_frequency_member,
     weighted_combine,
 )
-from models import FrequencyDetector
+from deepfake_platform.metrics import label_of
 from serve.app import ModelUnavailable, build_app
 from serve.settings import AppArgs, app_args
-from tests.factories import encoded, free_port, photo, tiny_checkpoint
+from tests.factories import encoded, free_port, photo, tiny_checkpoint, tiny_ensemble
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "DEEPFAKE_TEST_API_TOKEN"
@@ -62,14 +58,8 @@ def files(tmp_path_factory):
     """Model files and real image files on disk."""
     root = tmp_path_factory.mktemp("serve")
     checkpoint = tiny_checkpoint(root / "best.pth", THRESHOLD)
-    training = [photo(i, 64) for i in range(8)]
-    frequency = FrequencyDetector().fit(
-        [image if i % 2 else image.resize((16, 16)).resize((64, 64)) for i, image in enumerate(training)],
-        [i % 2 for i in range(8)])
-    frequency_path = save_frequency_member(frequency, root / "frequency.pth", val_threshold=0.5, val_auc=0.8)
-    spec = EnsembleSpec("tiny_ensemble", [MemberSpec("hybrid", str(checkpoint), file_sha256(checkpoint)),
-                                          MemberSpec("frequency", str(frequency_path), file_sha256(frequency_path))],
-                        Combiner("weighted", weights=WEIGHTS), threshold=0.55, val_auc=0.8)
+    ensemble = tiny_ensemble(root / "ensemble.pth", checkpoint, Combiner("weighted", weights=WEIGHTS),
+                             name="tiny_ensemble", threshold=0.55)
     images = {}
     for i, fmt in enumerate(["JPEG", "PNG", "JPEG"]):
         images[i] = root / f"image{i}.{fmt.lower()}"
@@ -82,7 +72,7 @@ def files(tmp_path_factory):
     moving = [np.asarray(astronaut.crop((4 * i, 2 * i, 320 + 4 * i, 320 + 2 * i))) for i in range(12)]
     write_video(root / "clip.mp4", moving, fps=10)  # 1.2 s
     write_video(root / "long.mp4", moving * 3, fps=10)  # 3.6 s, over the faces app's 2 s limit
-    return {"checkpoint": checkpoint, "ensemble": save_ensemble(spec, root / "ensemble.pth"), "images": images,
+    return {"checkpoint": checkpoint, "ensemble": ensemble, "images": images,
             "faces": faces, "astronaut": root / "astronaut.jpg", "clip": root / "clip.mp4", "long": root / "long.mp4"}
 
 
@@ -125,7 +115,7 @@ def check_prediction(result: dict, threshold: float) -> None:
     assert set(result) >= {"fake_probability", "label", "threshold", "model", "detectors", "latency_ms"}
     assert 0.0 <= result["fake_probability"] <= 1.0
     assert result["threshold"] == pytest.approx(threshold)
-    assert result["label"] == ("fake" if result["fake_probability"] >= threshold else "real")
+    assert result["label"] == label_of(result["fake_probability"], threshold)
     assert set(result["model"]) == {"name", "checkpoint", "sha256"}
     assert result["latency_ms"] > 0
 
@@ -319,7 +309,7 @@ def test_a_face_model_answers_per_face_and_crops_as_it_was_trained(client, files
     x, y, width, height = face["box"]
     assert abs(x - 177) < 20 and abs(y - 66) < 20 and 80 < width < 120  # Haar's box on the astronaut's face
     assert result["fake_probability"] == face["fake_probability"]  # the verdict is the most suspicious face
-    assert face["label"] == ("fake" if face["fake_probability"] >= 0.5 else "real")
+    assert face["label"] == label_of(face["fake_probability"], 0.5)
     # The server crops as the predict path does for the same checkpoint and preset.
     from deepfake_platform.media import MediaScorer
 

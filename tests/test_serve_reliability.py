@@ -28,17 +28,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepfake_platform.checkpoints import file_sha256
-from deepfake_platform.ensemble import (
-    Combiner,
-    EnsembleSpec,
-    MemberSpec,
-    save_ensemble,
-    save_frequency_member,
-)
-from models import FrequencyDetector
+from deepfake_platform.ensemble import Combiner
 from serve.app import build_app
-from tests.factories import encoded, free_port, photo, tiny_checkpoint
+from tests.factories import encoded, free_port, photo, tiny_checkpoint, tiny_ensemble
 from tests.proctools import command_line
 
 # Long: one Ray with three apps, bursts of requests and killed replicas (`make test-long`).
@@ -69,19 +61,6 @@ class Server:
     secret: str
 
 
-def ensemble_spec(root: Path, checkpoint: Path) -> Path:
-    """A mean ensemble of the tiny checkpoint and a frequency detector fitted on blurred vs sharp photos."""
-    images = [photo(300 + i, 64) for i in range(8)]
-    frequency = FrequencyDetector().fit(
-        [image if i % 2 else image.resize((16, 16)).resize((64, 64)) for i, image in enumerate(images)],
-        [i % 2 for i in range(8)])
-    member = save_frequency_member(frequency, root / "frequency.pth", val_threshold=0.5, val_auc=0.8)
-    spec = EnsembleSpec("pair", [MemberSpec("hybrid", str(checkpoint), file_sha256(checkpoint)),
-                                 MemberSpec("frequency", str(member), file_sha256(member))],
-                        Combiner("mean"), threshold=0.5, val_auc=0.8)
-    return save_ensemble(spec, root / "pair.pth")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Ray (own temp dir) + Serve on a free loopback port with a tiny checkpoint; torn down after the module."""
@@ -107,8 +86,8 @@ def server(tmp_path_factory):
             # fp32, so a batched answer can be compared exactly with the same image sent alone.
             common = {"token_env": TOKEN_ENV, "precision": "fp32"}
             serve.run(build_app({"model": str(checkpoint), **common}), name=APP, route_prefix="/")
-            serve.run(build_app({"model": str(ensemble_spec(root, checkpoint)), **common}), name="ens",
-                      route_prefix="/ensemble")
+            pair = tiny_ensemble(root / "pair.pth", checkpoint, Combiner("mean"), name="pair", threshold=0.5, seed=300)
+            serve.run(build_app({"model": str(pair), **common}), name="ens", route_prefix="/ensemble")
             serve.run(build_app({"model": str(checkpoint), "retry_timeout_s": 1.0, **common}), name="impatient",
                       route_prefix="/impatient")
             logs = ray_dir / "session_latest" / "logs"

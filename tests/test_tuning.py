@@ -28,7 +28,7 @@ from deepfake_platform.orchestration.sweep_report import (
 )
 from deepfake_platform.orchestration.tuner import size_trials, total_trials
 from deepfake_platform.outputs import output_home
-from tests.proctools import descendants, user_env
+from tests.proctools import interrupt, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "tune_sweep.py"
@@ -231,11 +231,7 @@ def test_a_stopped_sweep_resumes_keeps_finished_trials_and_records_a_diverged_on
                 assert driver.poll() is None, "the sweep ended before it could be stopped:\n" + log_path.read_text()[-3000:]
                 assert time.monotonic() < deadline, "no trial finished in time"
                 time.sleep(0.5)
-            processes = descendants(driver.pid)
-            os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: the driver and the local Ray it started
-            stopped = time.monotonic()
-            assert driver.wait(timeout=60) == 130
-            assert time.monotonic() - stopped < 20
+            interrupt(driver)  # Ctrl-C: the driver and the local Ray it started
         finally:
             if driver.poll() is None:
                 os.killpg(driver.pid, signal.SIGKILL)
@@ -243,10 +239,6 @@ def test_a_stopped_sweep_resumes_keeps_finished_trials_and_records_a_diverged_on
     last = log_path.read_text().strip().splitlines()[-1]
     assert last.startswith(f"Stopped: the finished trials of sweep {name} are kept"), last
     assert f"--resume --name={name}" in last
-    deadline = time.monotonic() + 10
-    while [pid for pid in processes if os.path.exists(f"/proc/{pid}")]:
-        assert time.monotonic() < deadline, "Ray processes outlived the stopped sweep"
-        time.sleep(0.2)
     kept = {trial: mtimes(out / "checkpoints" / name / trial) for trial in finished}
     kept_runs = {trial: mtimes(out / "ray_results" / name / "train" / trial) for trial in finished}
 
