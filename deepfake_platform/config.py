@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deepfake_platform.errors import UserError
+from deepfake_platform.files import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -258,8 +259,5 @@ def with_changes(config: SectionT, **sections: dict[str, Any]) -> SectionT:
 
 
 def save_config(config: Section, path: str | Path) -> Path:
-    """Write the resolved config as YAML."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return path
+    """Write the resolved config as YAML, atomically."""
+    return write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

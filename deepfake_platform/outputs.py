@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfake_platform.config import ExperimentConfig
+from deepfake_platform.files import write_text_atomic
 
 HOME_ENV = "DEEPFAKE_HOME"
 # Beside a run's checkpoints when it stopped for a reason that repeats (diverged, bad data): for the
@@ -94,8 +95,7 @@ class RunPaths:
 
 def write_status(paths: RunPaths, status: dict[str, Any]) -> None:
     """Record how a run ended (diverged, error) beside its checkpoints."""
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    (paths.checkpoints / STATUS_FILE).write_text(json.dumps(status, indent=2))
+    write_text_atomic(paths.checkpoints / STATUS_FILE, json.dumps(status, indent=2))
 
 
 def clear_status(paths: RunPaths) -> None:

@@ -3,10 +3,10 @@ and files written whole or not at all. Pure functions, except the two writers at
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,15 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, np.generic):
         return json_safe(value.item())
     return value
+
+
+def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """Write `rows` as CSV with a header of `columns`, atomically."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -335,8 +335,9 @@ def test_preprocessing_cost_is_bounded_by_the_crop_not_the_image_shape(tmp_path)
         for index, name in enumerate(images):
             started = time.perf_counter()
             tensor, _ = dataset[index]
-            # A naive Resize(256) of the 20,000,000 x 1 strip asks for 5e9 x 256 pixels (minutes, gigabytes).
-            assert time.perf_counter() - started < 5.0, f"{preset} preset on {name}"
+            # A naive Resize(256) of the 20,000,000 x 1 strip asks for 5e9 x 256 pixels (minutes, gigabytes);
+            # the bound only tells that from a crop's cost (milliseconds), with room for a loaded machine.
+            assert time.perf_counter() - started < 30.0, f"{preset} preset on {name}"
             assert tensor.shape == (3, 224, 224) and torch.isfinite(tensor).all(), name
 
 

@@ -8,8 +8,6 @@ manifest, so reruns and the other workers of a distributed run only decode new o
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,6 +17,7 @@ import pyarrow.parquet as pq
 
 from deepfake_platform.data.images import BadImageError, is_image_name, load_image
 from deepfake_platform.errors import UserError
+from deepfake_platform.files import write_to_path_atomic
 
 SPLITS = ("train", "val", "test")
 CLASSES = ("real", "fake")  # the position is the label: 1 means fake
@@ -244,17 +243,10 @@ def read_manifest(path: str | Path) -> dict[str, ImageRecord]:
 
 def _write_manifest(path: Path, records: list[ImageRecord]) -> None:
     table = pa.Table.from_pylist([asdict(record) for record in records], schema=_MANIFEST_SCHEMA)
-    temporary = None
     try:
-        # Written aside then renamed: workers scanning the same root never read a half-written file.
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".tmp")
-        os.close(descriptor)
-        pq.write_table(table, temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; other users of a shared data set read it too
-        os.replace(temporary, path)
+        # Atomic: workers scanning the same root never read a half-written file.
+        write_to_path_atomic(path, lambda temporary: pq.write_table(table, temporary))
     except OSError as error:
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
         warnings.warn(
             f"could not write the manifest {path} ({error}); the next run will decode every image again. "
             "Pass a writable manifest path to avoid that.",

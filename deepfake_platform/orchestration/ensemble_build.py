@@ -8,7 +8,6 @@ test through the one predict path, `fit_combiner` on validation, then `compare_o
 
 from __future__ import annotations
 
-import csv
 import glob
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +20,7 @@ from deepfake_platform.config import ConfigError, Section, load
 from deepfake_platform.ensemble import Combiner, EnsembleSpec, Member, logit, safe_name, save_frequency_member
 from deepfake_platform.errors import InvalidInput
 from deepfake_platform.metrics import choose_threshold, classification_report, roc_auc
-from deepfake_platform.reporting import markdown_table, plot_roc, write_text_atomic
+from deepfake_platform.reporting import markdown_table, plot_roc, write_csv, write_text_atomic
 
 # ---- the build config ----------------------------------------------------------------------------------
 
@@ -241,10 +240,7 @@ def write_comparison(rows: list[dict[str, Any]], test_labels: np.ndarray, out_di
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = table_rows(rows)
-    with open(out_dir / "comparison.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(table)
+    write_csv(out_dir / "comparison.csv", table, COLUMNS)
     plot_roc([(row["name"], test_labels, row["scores"]) for row in rows], out_dir / "roc_test.png", "ROC on test")
     return write_text_atomic(out_dir / "comparison.md",
                              render_comparison(table, len(test_labels)) + "\n![ROC on test](roc_test.png)\n")

@@ -5,14 +5,13 @@ Pure functions of the rows, then the file writers at the bottom.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import math
 from pathlib import Path
 from typing import Any
 
 from deepfake_platform.metrics import auc_key
-from deepfake_platform.reporting import cell, markdown_table, write_text_atomic
+from deepfake_platform.reporting import cell, markdown_table, write_csv, write_text_atomic
 
 TABLE_COLUMNS = ("trial", "lr", "epochs", "freeze", "best_val_auc", "best_epoch", "epochs_run", "status", "time_s")
 HEADER = ("trial", "lr", "epochs", "freeze", "best val AUC", "at epoch", "epochs run", "status", "time (s)")
@@ -156,9 +155,6 @@ def write_table(rows: list[dict[str, Any]], run_dir: Path) -> tuple[Path, Path]:
     """Write sweep.csv and sweep.md."""
     run_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = run_dir / "sweep.csv", run_dir / "sweep.md"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(csv_path, rows, TABLE_COLUMNS)
     write_text_atomic(md_path, render_table(rows))
     return csv_path, md_path
