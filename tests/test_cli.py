@@ -3,6 +3,7 @@ and exit status 2; anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from deepfake_platform.data.faces import FaceDetectorError
 from deepfake_platform.data.video import BadVideoError
 from deepfake_platform.errors import InvalidInput, MissingInput, UserError
 from deepfake_platform.fine_tuning.feedback_split import FeedbackError
-from deepfake_platform.orchestration.cli import run_command
+from deepfake_platform.orchestration.cli import load_experiment_config, run_command
 from deepfake_platform.orchestration.cluster import ClusterError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +48,19 @@ def test_any_other_error_is_a_bug_and_is_not_turned_into_a_sentence(bug, capsys)
     with pytest.raises(type(bug)):
         run_command(main)
     assert capsys.readouterr().err == ""
+
+
+def test_flags_are_checked_like_the_config_file_and_a_bad_one_is_a_sentence_naming_its_key(tmp_path):
+    def args(**flags) -> argparse.Namespace:
+        return argparse.Namespace(**{"config": None, "set": [], "data": None, "num_workers": None, "use_gpu": False,
+                                     "epochs": None, "name": None, **flags})
+
+    config = load_experiment_config(args(num_workers=2, epochs=3, data=str(tmp_path), name="flags"),
+                                    REPO / "experiments" / "configs" / "smoke.yaml")
+    assert (config.scaling.num_workers, config.train.epochs, config.data.root, config.name) == (
+        2, 3, str(tmp_path), "flags")
+    with pytest.raises(ConfigError, match=r"scaling\.num_workers: input should be greater than or equal to 1"):
+        load_experiment_config(args(num_workers=-2), REPO / "experiments" / "configs" / "smoke.yaml")
 
 
 def fine_tune_command(tmp_path: Path, *args: str, patch: str = "") -> subprocess.CompletedProcess:
