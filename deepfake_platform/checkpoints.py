@@ -14,21 +14,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from deepfake_platform.config import ConfigError, ExperimentConfig, config_from_dict
+from deepfake_platform.errors import UserError
 from deepfake_platform.files import link_or_copy, write_atomic
 
 FORMAT_VERSION = 2
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable, unsafe, of the wrong kind or incomplete."""
 
 
@@ -63,6 +63,37 @@ class DetectorCheckpoint:
         """The same record without the optimizer state (what is promoted and served)."""
         return dataclasses.replace(self, optimizer_state_dict=None)
 
+    @property
+    def decision_threshold(self) -> float:
+        """The threshold a picture's fake probability is labelled at, chosen on validation."""
+        return float(self.val_threshold)
+
+    @property
+    def video_threshold(self) -> float:
+        """The threshold a video's mean probability is labelled at: the one chosen on validation videos when
+        training had them, else the picture threshold."""
+        return float(self.video.get("threshold", self.val_threshold))
+
+    @property
+    def experiment_config(self) -> ExperimentConfig:
+        """The typed config the detector was trained with."""
+        try:
+            return config_from_dict(self.config, "the checkpoint's config")
+        except ConfigError as err:
+            raise CheckpointError(f"{err} (the checkpoint was written by another version of this platform; "
+                                  "fine-tune or retrain it with this one).") from err
+
+    @property
+    def trained_precision(self) -> str:
+        """The arithmetic the weights were trained and validated in: the record's, else (first-format files)
+        the config's train.precision."""
+        return self.precision or self.experiment_config.train.precision
+
+    @property
+    def image_size(self) -> int:
+        """The side, in pixels, of the square pictures the detector takes (see `input_size`)."""
+        return input_size(self.experiment_config, _rebuild(self, "meta"))
+
 
 @dataclass
 class FrequencyCheckpoint:
@@ -74,6 +105,16 @@ class FrequencyCheckpoint:
     val_threshold: float
     val_auc: float
     val_scores: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def decision_threshold(self) -> float:
+        """The threshold a fake probability is labelled at, chosen on validation."""
+        return float(self.val_threshold)
+
+    @property
+    def video_threshold(self) -> float:
+        """The threshold a video's mean probability is labelled at (no video threshold of its own)."""
+        return self.decision_threshold
 
 
 @dataclass
@@ -89,6 +130,16 @@ class EnsembleCheckpoint:
     val_auc: float
     # The ensemble's validation fake probabilities of each class, for drift monitoring.
     val_scores: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def decision_threshold(self) -> float:
+        """The threshold the combined fake probability is labelled at, chosen on validation."""
+        return float(self.threshold)
+
+    @property
+    def video_threshold(self) -> float:
+        """The threshold a video's mean probability is labelled at (no video threshold of its own)."""
+        return self.decision_threshold
 
 
 Checkpoint = DetectorCheckpoint | FrequencyCheckpoint | EnsembleCheckpoint
@@ -224,6 +275,12 @@ def _rebuild(record: DetectorCheckpoint, device: str | torch.device) -> torch.nn
     kwargs["pretrained_policy"] = "off"
     with torch.device(device):
         return create_detector(record.detector, **kwargs)
+
+
+def input_size(config: ExperimentConfig, model: torch.nn.Module) -> int:
+    """The side, in pixels, of the square pictures a detector takes: the config's data.image_size when set,
+    else the detector's own default. Training, the predict path and batch scoring all ask here."""
+    return int(config.data.image_size or model.default_image_size)
 
 
 def describe_parameters(record: DetectorCheckpoint) -> dict[str, Any]:

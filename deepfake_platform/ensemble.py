@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from deepfake_platform.checkpoints import (
+    Checkpoint,
     CheckpointError,
     DetectorCheckpoint,
     EnsembleCheckpoint,
@@ -30,7 +32,7 @@ from deepfake_platform.checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
-from deepfake_platform.predict import FrequencyPredictor, ModelInfo, Predictor
+from deepfake_platform.predict import DEFAULT_PRECISION, FrequencyPredictor, ModelInfo, Predictor
 
 COMBINERS = ("mean", "weighted", "stacking")
 # Probabilities are clipped this far from 0 and 1 before taking logits, so a saturated member stays finite.
@@ -125,7 +127,7 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "member"
 
 
-def load_member(path: str | Path, precision: str = "auto", device: str = "cpu", *, record: Any = None) -> Member:
+def load_member(path: str | Path, precision: str = DEFAULT_PRECISION, device: str = "cpu", *, record: Any = None) -> Member:
     """A single detector: a platform checkpoint (Predictor) or a saved frequency detector."""
     record = record if record is not None else read_checkpoint(path)
     if isinstance(record, FrequencyCheckpoint):
@@ -133,6 +135,12 @@ def load_member(path: str | Path, precision: str = "auto", device: str = "cpu", 
     if isinstance(record, DetectorCheckpoint):
         return Predictor(record, device=device, precision=precision, path=path)
     raise CheckpointError(f"{path} is an ensemble spec, not a single detector: deploy or score it as a whole.")
+
+
+def model_faces(records: Iterable[Checkpoint]) -> dict[str, Any]:
+    """The face preset a model was trained with, from its detectors' records (one detector, or an ensemble's
+    members, which share one preset: the build checks it); empty for a model of whole pictures."""
+    return next((dict(record.faces) for record in records if getattr(record, "faces", None)), {})
 
 
 def save_frequency_member(detector: Any, path: str | Path, val_threshold: float, val_auc: float,
@@ -190,8 +198,7 @@ def load_ensemble(path: str | Path) -> EnsembleSpec:
         )
     record = read_checkpoint(path, EnsembleCheckpoint)
     members = []
-    for entry in record.members:
-        member_path = (path.parent / entry["path"]).resolve()
+    for entry, member_path in zip(record.members, member_paths(path, record), strict=True):
         if not member_path.is_file():
             raise CheckpointError(
                 f"ensemble member {entry['name']} ({member_path}) is missing; restore it or rebuild the ensemble "
@@ -207,17 +214,31 @@ def load_ensemble(path: str | Path) -> EnsembleSpec:
                         threshold=record.threshold, val_auc=record.val_auc, val_scores=record.val_scores)
 
 
+def member_paths(path: str | Path, record: EnsembleCheckpoint) -> list[Path]:
+    """Where an ensemble spec's member files are (stored relative to the spec's folder)."""
+    folder = Path(path).resolve().parent
+    return [(folder / entry["path"]).resolve() for entry in record.members]
+
+
+def member_records(path: str | Path, record: Checkpoint) -> list[Checkpoint]:
+    """The detector records a model file is made of: its own, or an ensemble's members' (read, not checked:
+    `load_ensemble` checks them)."""
+    if isinstance(record, EnsembleCheckpoint):
+        return [read_checkpoint(member) for member in member_paths(path, record)]
+    return [record]
+
+
 class EnsemblePredictor:
     """An ensemble spec with its members loaded: member probabilities, combined."""
 
-    def __init__(self, path: str | Path, precision: str = "auto", device: str = "cpu"):
+    def __init__(self, path: str | Path, precision: str = DEFAULT_PRECISION, device: str = "cpu"):
         self.spec = load_ensemble(path)
+        self.record = read_checkpoint(path, EnsembleCheckpoint)
         self.members = {m.name: load_member(m.path, precision, device) for m in self.spec.members}
-        first_faces = [member.faces for member in self.members.values() if member.faces]
-        # Members trained on faces share one preset (the build checks it); whole images otherwise.
-        self.faces: dict[str, Any] = first_faces[0] if first_faces else {}
+        self.faces: dict[str, Any] = model_faces(member.record for member in self.members.values())
         self.info = ModelInfo(name=self.spec.name, checkpoint=Path(path).name, sha256=file_sha256(path),
-                              threshold=self.spec.threshold, image_size=0, val_auc=self.spec.val_auc, epoch=0)
+                              threshold=self.record.decision_threshold, image_size=0, val_auc=self.spec.val_auc,
+                              epoch=0)
 
     def predict_members(self, images: list[Image.Image]) -> np.ndarray:
         """(images x members) fake probabilities, columns in member order."""
@@ -232,7 +253,7 @@ class EnsemblePredictor:
         return self.spec.apply(self.predict_members(images)).astype(np.float32)
 
 
-def load_predictor(path: str | Path, precision: str = "auto", device: str = "cpu") -> Member:
+def load_predictor(path: str | Path, precision: str = DEFAULT_PRECISION, device: str = "cpu") -> Member:
     """Any model file the platform writes, ready to score images: a checkpoint, a frequency detector or an ensemble."""
     record = read_checkpoint(path)
     if isinstance(record, EnsembleCheckpoint):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from deepfake_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from deepfake_platform.files import write_text_atomic, write_to_path_atomic
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 17
@@ -46,19 +47,6 @@ def example_batch(image_size: int, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
 
 
-def _replace_atomically(write: Any, path: Path) -> Path:
-    """Call `write(temporary path)`, then move the file to `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
 def write_onnx(detector: nn.Module, image_size: int, path: Path) -> Path:
     """The detector (fp32, eval mode) as an ONNX file with a dynamic batch dimension."""
     wrapped = WithProbability(detector).eval().float()
@@ -70,7 +58,7 @@ def write_onnx(detector: nn.Module, image_size: int, path: Path) -> Path:
             torch.onnx.export(wrapped, (example_batch(image_size),), str(tmp), input_names=[INPUT],
                               output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=OPSET, dynamo=False)
 
-    return _replace_atomically(write, path)
+    return write_to_path_atomic(path, write)
 
 
 def write_torchscript(detector: nn.Module, image_size: int, path: Path) -> Path:
@@ -83,7 +71,7 @@ def write_torchscript(detector: nn.Module, image_size: int, path: Path) -> Path:
             traced = torch.jit.trace(wrapped, example_batch(image_size), check_trace=False)
             traced.save(str(tmp))
 
-    return _replace_atomically(write, path)
+    return write_to_path_atomic(path, write)
 
 
 def preprocessing(image_size: int, threshold: float, *, detector: str, sha256: str, faces: dict[str, Any],
@@ -117,9 +105,8 @@ def export_model(predictor: Any, fmt: str, out: Path) -> tuple[Path, Path]:
     size = predictor.info.image_size
     (write_onnx if fmt == "onnx" else write_torchscript)(module, size, out)
     meta = preprocessing(size, predictor.info.threshold, detector=predictor.info.name, sha256=predictor.info.sha256,
-                         faces=predictor.faces, video_threshold=getattr(predictor.record, "video_threshold", None))
-    sidecar = out.with_suffix(".json")
-    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+                         faces=predictor.faces, video_threshold=predictor.record.video_threshold)
+    sidecar = write_text_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     return out, sidecar
 
 
@@ -143,7 +130,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
         finally:
             logging.disable(logging.NOTSET)
 
-    return _replace_atomically(write, target)
+    return write_to_path_atomic(target, write)
 
 
 def onnx_session(path: Path, threads: int | None = None) -> Any:

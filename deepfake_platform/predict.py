@@ -24,8 +24,13 @@ from deepfake_platform.checkpoints import (
     FrequencyCheckpoint,
     build_model,
     file_sha256,
+    input_size,
     read_checkpoint,
 )
+from deepfake_platform.errors import InvalidInput
+
+# What `precision` is when nobody chose one: bf16 where the hardware runs it natively, else fp32.
+DEFAULT_PRECISION = "auto"
 
 
 def cpu_supports_bf16() -> bool:
@@ -37,7 +42,7 @@ def cpu_supports_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto` becomes bf16 where the hardware runs it natively, else fp32 (int8 is asked for, never chosen)."""
     if precision == "int8" and device.type != "cpu":
-        raise ValueError("precision int8 runs on the CPU (ONNX Runtime); on a GPU use bf16.")
+        raise InvalidInput("precision int8 runs on the CPU (ONNX Runtime); on a GPU use bf16.")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -87,7 +92,8 @@ class ModelInfo:
 class Predictor:
     """A detector loaded from a checkpoint, ready to score images in batches."""
 
-    def __init__(self, checkpoint: str | Path | DetectorCheckpoint, device: str = "cpu", precision: str = "auto", *,
+    def __init__(self, checkpoint: str | Path | DetectorCheckpoint, device: str = "cpu",
+                 precision: str = DEFAULT_PRECISION, *,
                  compile: bool = False, path: str | Path | None = None):
         from deepfake_platform.data import build_transform
 
@@ -104,7 +110,7 @@ class Predictor:
         self.module = model
         # compile: fused kernels for a long-running server (each new batch size compiles once, on first use).
         self.model = torch.compile(model) if compile else model
-        image_size = int(record.config.get("data", {}).get("image_size") or model.default_image_size)
+        image_size = input_size(record.experiment_config, model)
         self.transform = build_transform("eval", image_size)
         self.faces = dict(record.faces)
         sha256 = file_sha256(path) if path is not None else ""
@@ -118,7 +124,7 @@ class Predictor:
             name=record.detector,
             checkpoint=path.name if path is not None else "",
             sha256=sha256,
-            threshold=float(record.val_threshold),
+            threshold=record.decision_threshold,
             image_size=image_size,
             val_auc=float(record.val_auc),
             epoch=int(record.epoch),
@@ -159,11 +165,12 @@ class FrequencyPredictor:
         else:
             path = Path(checkpoint)
             record = read_checkpoint(path, FrequencyCheckpoint)
+        self.record = record
         self.detector = FrequencyDetector.from_state(record.state)
         self.faces: dict[str, Any] = {}
         # image_size 0: the spectrum is taken over the whole decoded image, at its own size.
         self.info = ModelInfo(name="frequency", checkpoint=path.name, sha256=file_sha256(path) if path.is_file() else "",
-                              threshold=float(record.val_threshold), image_size=0, val_auc=float(record.val_auc),
+                              threshold=record.decision_threshold, image_size=0, val_auc=float(record.val_auc),
                               epoch=0)
 
     def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
