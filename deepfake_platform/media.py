@@ -9,17 +9,24 @@ verdicts, labelled at the video threshold chosen on validation videos when the c
 
     scorer = MediaScorer(load_predictor("artifacts/best.pth"))
     verdict = scorer.score_path("clip.mp4")           # verdict.fake_probability, verdict.frames, verdict.label
+
+Every choice that changes a verdict (the face preset, the frames sampled per video, the thresholds, the
+precision) is a `ScoringChoices`, built once by `scoring_choices` from the model's record (where training
+chose them), else from the defaults here; predict.py, score.py, evaluation and the server all take theirs
+from it, so one file gets one verdict whatever the door.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from deepfake_platform.checkpoints import Checkpoint, read_checkpoint
 from deepfake_platform.data.faces import FaceBox, FacePreset, build_face_detector, crop_face
 from deepfake_platform.data.images import DEFAULT_MAX_PIXELS, load_image
 from deepfake_platform.data.video import (
@@ -28,6 +35,9 @@ from deepfake_platform.data.video import (
     sample_frames,
     sample_frames_from_bytes,
 )
+from deepfake_platform.errors import InvalidInput
+from deepfake_platform.metrics import label_of
+from deepfake_platform.predict import DEFAULT_PRECISION
 
 
 @dataclass
@@ -79,29 +89,83 @@ class MediaVerdict:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ScoringChoices:
+    """Every choice that changes a file's fake probability or label, decided in one place for every door
+    (predict.py, score.py, evaluation, the server): `scoring_choices` reads them from the model's record."""
+
+    faces: FacePreset
+    threshold: float  # a picture's, chosen on validation
+    video_threshold: float  # a video's mean, chosen on validation videos when training had them
+    num_frames: int = DEFAULT_NUM_FRAMES  # frames sampled per video, evenly spaced
+    every: int = 0  # instead: every k-th frame
+    skip_no_face: bool = False  # leave a picture without a face unscored instead of scoring it whole
+    precision: str = DEFAULT_PRECISION
+
+    def override(self, **changes: Any) -> ScoringChoices:
+        """A copy with the changes that are not None (a command-line flag left unset keeps the model's
+        choice); a face mode alone keeps the recorded detector, margin and crop size (the training's)."""
+        changes = {key: value for key, value in changes.items() if value is not None}
+        if "faces" in changes:
+            changes["faces"] = _face_preset(self.faces, changes["faces"])
+        return replace(self, **changes)
+
+
+def scoring_choices(record: Checkpoint, members: Sequence[Checkpoint] = (), **overrides: Any) -> ScoringChoices:
+    """The choices for a model: what its record says training chose (the face preset of its detectors, or of
+    an ensemble's `members`; the thresholds; the video sampling), else this module's defaults; `overrides`
+    (faces, num_frames, every, skip_no_face, precision, thresholds) that are not None replace single ones."""
+    from deepfake_platform.ensemble import model_faces
+
+    sampling = getattr(record, "video", None) or {}
+    recorded = ScoringChoices(
+        faces=FacePreset.from_dict(model_faces(members or [record])),
+        threshold=record.decision_threshold,
+        video_threshold=record.video_threshold,
+        num_frames=int(sampling.get("num_frames", DEFAULT_NUM_FRAMES)),
+        every=int(sampling.get("every", 0)),
+    )
+    return recorded.override(**overrides)
+
+
+def file_choices(path: str | Path, **overrides: Any) -> ScoringChoices:
+    """`scoring_choices` for a model file (a checkpoint, a frequency detector or an ensemble spec)."""
+    from deepfake_platform.ensemble import member_records
+
+    record = read_checkpoint(path)
+    return scoring_choices(record, member_records(path, record), **overrides)
+
+
+def predictor_choices(predictor: Any) -> ScoringChoices:
+    """`scoring_choices` for a loaded predictor of the one predict path (a detector, a frequency detector or
+    an ensemble, whose members carry their records)."""
+    members = [member.record for member in getattr(predictor, "members", {}).values()]
+    return scoring_choices(predictor.record, members)
+
+
 class MediaScorer:
     """Face crops and verdicts for images and videos, from any predictor of the one predict path."""
 
-    def __init__(self, predictor: Any = None, *, faces: FacePreset | dict[str, Any] | str | None = None,
-                 num_frames: int = DEFAULT_NUM_FRAMES, every: int = 0, skip_no_face: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, threshold: float | None = None,
-                 video_threshold: float | None = None):
+    def __init__(self, predictor: Any = None, choices: ScoringChoices | None = None, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, **overrides: Any):
         """`predictor` scores crops (any of the one predict path); without one (a server whose detectors are
-        remote) the scorer only plans crops and assembles verdicts, with the thresholds given here."""
+        remote) the scorer only plans crops and assembles verdicts. `choices` default to the predictor's
+        (`predictor_choices`); `overrides` (faces, num_frames, every, skip_no_face, threshold,
+        video_threshold) replace single ones."""
         self.predictor = predictor
-        self.preset = resolve_faces(predictor, faces)
+        if choices is None:
+            choices = (predictor_choices(predictor) if predictor is not None
+                       else ScoringChoices(FacePreset(), overrides["threshold"], overrides["threshold"]))
+        self.choices = choices.override(**overrides)
+        self.preset = self.choices.faces
         self.detector = build_face_detector(self.preset) if self.preset.mode != "off" else None
-        self.num_frames, self.every = num_frames, every
-        self.skip_no_face, self.max_pixels = skip_no_face, max_pixels
-        self.threshold = float(threshold if threshold is not None else predictor.info.threshold)
-        video = getattr(getattr(predictor, "record", None), "video", {}) or {}
-        # Videos are labelled at the threshold chosen on validation videos when training had videos.
-        self.video_threshold = float(video_threshold if video_threshold is not None
-                                     else video.get("threshold", self.threshold))
+        self.num_frames, self.every = self.choices.num_frames, self.choices.every
+        self.skip_no_face, self.max_pixels = self.choices.skip_no_face, max_pixels
+        self.threshold, self.video_threshold = self.choices.threshold, self.choices.video_threshold
 
     def label(self, probability: float, threshold: float | None = None) -> str:
-        """`fake` at or above the threshold, else `real`."""
-        return "fake" if probability >= (self.threshold if threshold is None else threshold) else "real"
+        """`fake` at or above the threshold (the picture threshold unless another is given), else `real`."""
+        return label_of(probability, self.threshold if threshold is None else threshold)
 
     def crops(self, image: Image.Image) -> tuple[list[FaceBox], list[Image.Image]]:
         """The face boxes of `image` and the crops the model scores (empty when faces are off or none found)."""
@@ -189,18 +253,13 @@ class MediaScorer:
         return self.score_frames(frames, name=name)
 
 
-def resolve_faces(predictor: Any, faces: FacePreset | dict[str, Any] | str | None) -> FacePreset:
-    """The face preset to crop with: the checkpoint's own unless told otherwise (a mode, a dict or a preset);
-    whole pictures for a model trained on whole pictures."""
-    recorded = dict(getattr(predictor, "faces", {}) or {})
+def _face_preset(recorded: FacePreset, faces: FacePreset | dict[str, Any] | str) -> FacePreset:
+    """`faces` (a preset, a dict over the recorded one, or a mode alone) on top of the recorded preset."""
     if isinstance(faces, FacePreset):
         return faces
     if isinstance(faces, dict):
-        return FacePreset.from_dict({**recorded, **faces})
-    if isinstance(faces, str):
-        # A face mode on its own keeps the recorded detector, margin and crop size (the training's).
-        return FacePreset.from_dict({**recorded, "mode": faces})
-    return FacePreset.from_dict(recorded)
+        return FacePreset.from_dict({**recorded.to_dict(), **faces})
+    return FacePreset.from_dict({**recorded.to_dict(), "mode": faces})
 
 
 @dataclass
@@ -221,7 +280,7 @@ def explainable(predictor: Any) -> Any:
     for member in getattr(predictor, "members", {}).values():
         if isinstance(member, Predictor):
             return member
-    raise ValueError(
+    raise InvalidInput(
         f"{predictor.info.name} is not a neural network (the frequency detector has no gradients to explain); "
         "explain a detector checkpoint or an ensemble with one."
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from deepfake_platform.errors import MissingInput
 from deepfake_platform.evaluation import evaluate_checkpoint
 from deepfake_platform.orchestration.cli import run_command
 from deepfake_platform.orchestration.report import render_metrics_table
@@ -21,7 +22,7 @@ from deepfake_platform.reporting import write_json
 
 def main(args: argparse.Namespace) -> dict:
     if not Path(args.data).is_dir():
-        raise FileNotFoundError(f"data root {args.data} does not exist; pass a folder with {args.split}/real and {args.split}/fake.")
+        raise MissingInput(f"data root {args.data} does not exist; pass a folder with {args.split}/real and {args.split}/fake.")
     result = evaluate_checkpoint(args.checkpoint, args.data, args.split, precision=args.precision)
     print(f"{result['model']['name']} ({args.checkpoint}) on {args.split}:")
     print(render_metrics_table(result["metrics"]))
@@ -39,8 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="a .pth written by this platform")
     parser.add_argument("--data", required=True, help="data root with train/, val/, test/")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "int8"],
-                        help="auto: bf16 where the CPU runs it natively, else fp32; int8: ONNX Runtime, quantised")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32", "int8"],
+                        help="auto (the default): bf16 where the CPU runs it natively, else fp32; int8: ONNX Runtime, "
+                             "quantised")
     parser.add_argument("--out", help="write the metrics as JSON here")
     return parser
 

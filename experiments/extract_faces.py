@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 from deepfake_platform.data.faces import FacePreset
+from deepfake_platform.data.video import DEFAULT_NUM_FRAMES
 from deepfake_platform.orchestration.cli import add_verbose_flag, run_command
 from deepfake_platform.orchestration.cluster import ensure_ray
 from deepfake_platform.orchestration.extraction import ExtractionSummary, run_extraction
@@ -55,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-path", default="", help="YuNet's face_detection_yunet_2023mar.onnx")
     parser.add_argument("--margin", type=float, default=1.3, help="crop side / face box side (DeepfakeBench: 1.3)")
     parser.add_argument("--crop-size", type=int, default=256, help="side of the saved crops, in pixels")
-    parser.add_argument("--num-frames", type=int, default=32, help="frames per video, evenly spaced")
+    parser.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES, help="frames per video, evenly spaced")
     parser.add_argument("--every", type=int, default=0, help="instead: every k-th frame of each video")
     parser.add_argument("--val", type=float, default=0.15, help="share of sources for validation")
     parser.add_argument("--test", type=float, default=0.15, help="share of sources for test")

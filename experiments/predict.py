@@ -7,9 +7,11 @@
 
 Each face gets its box and fake probability; an image's verdict is its most suspicious face (a picture
 with no face says `no_face: true` and is scored whole, unless --skip-no-face); a video's is the mean of
-its sampled frames' verdicts (32 frames, evenly spaced). Labels use the checkpoint's thresholds, chosen
-on validation (for videos, on validation videos when training had them). --faces defaults to the face
-preset the checkpoint was trained with (whole images for a model trained on whole images). --explain DIR
+its sampled frames' verdicts (32 frames, evenly spaced, unless the checkpoint records another sampling).
+Labels use the checkpoint's thresholds, chosen on validation (for videos, on validation videos when
+training had them). --faces defaults to the face preset the checkpoint was trained with (whole images for a
+model trained on whole images). Every default is the checkpoint's scoring choice (media.scoring_choices),
+the same as score.py's, evaluate.py's and the server's, so a file gets the same verdict through each. --explain DIR
 writes a Grad-CAM heatmap per face as PNG. The exit status is 1 when a file could not be read.
 """
 
@@ -17,22 +19,27 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 from typing import Any
 
 from deepfake_platform.data.images import is_image_name
-from deepfake_platform.data.video import is_video_name
+from deepfake_platform.data.video import DEFAULT_NUM_FRAMES, is_video_name
 from deepfake_platform.ensemble import load_predictor
-from deepfake_platform.media import MediaScorer, explain_picture
+from deepfake_platform.errors import MissingInput
+from deepfake_platform.files import write_atomic, write_text_atomic
+from deepfake_platform.media import MediaScorer, explain_picture, file_choices
 from deepfake_platform.orchestration.cli import run_command
 from deepfake_platform.reporting import write_json
 
 
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     files = expand(args.paths)
-    scorer = MediaScorer(load_predictor(args.checkpoint, args.precision), faces=args.faces,
-                         num_frames=args.num_frames, every=args.every, skip_no_face=args.skip_no_face)
+    # Unset flags keep the checkpoint's choices, the ones score.py, evaluation and the server use too.
+    choices = file_choices(args.checkpoint, faces=args.faces, num_frames=args.num_frames, every=args.every,
+                           skip_no_face=args.skip_no_face or None, precision=args.precision)
+    scorer = MediaScorer(load_predictor(args.checkpoint, choices.precision), choices)
     print(f"{scorer.predictor.info.name} ({args.checkpoint}), faces {scorer.preset.mode}"
           + (f" ({scorer.preset.detector}, margin {scorer.preset.margin:g})" if scorer.preset.mode != "off" else "")
           + f", threshold {scorer.threshold:.4f}; {len(files)} file(s).", file=sys.stderr, flush=True)
@@ -66,18 +73,16 @@ def expand(paths: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"{path} does not exist; pass image or video files, or folders of them.")
+            raise MissingInput(f"{path} does not exist; pass image or video files, or folders of them.")
     if not files:
-        raise FileNotFoundError(f"no image or video under {', '.join(paths)}.")
+        raise MissingInput(f"no image or video under {', '.join(paths)}.")
     return files
 
 
 def progress(files: list[Path]):
-    if len(files) < 5:
-        return files
     from tqdm import tqdm
 
-    return tqdm(files, unit="file", file=sys.stderr)
+    return tqdm(files, unit="file", file=sys.stderr, disable=len(files) < 5)
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -103,7 +108,7 @@ def write_explanations(scorer: MediaScorer, path: Path, folder: Path) -> list[st
     written = []
     for index, explanation in enumerate(explain_picture(scorer, load_image(path))):
         target = folder / f"{path.stem}_face{index}.png"
-        explanation.image.save(target)
+        write_atomic(target, lambda handle, image=explanation.image: image.save(handle, format="PNG"))
         written.append(str(target))
     return written
 
@@ -114,19 +119,20 @@ CSV_COLUMNS = ("path", "kind", "fake_probability", "label", "threshold", "no_fac
 
 def write_csv(path: str, results: list[dict[str, Any]]) -> None:
     """One row per face (per frame for videos), or per file when it has none."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for result in results:
-            base = {key: result.get(key) for key in ("path", "kind", "fake_probability", "label", "threshold",
-                                                     "no_face", "error")}
-            pictures = result.get("frames") or ([{"frame": None, "faces": result.get("faces", [])}]
-                                                if not result["error"] else [])
-            rows = [{**base, "frame": picture["frame"], "face": index, **dict(zip(("x", "y", "width", "height"),
-                                                                                  face["box"], strict=True)),
-                     "face_fake_probability": face["fake_probability"]}
-                    for picture in pictures for index, face in enumerate(picture["faces"])]
-            writer.writerows(rows or [base])
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for result in results:
+        base = {key: result.get(key) for key in ("path", "kind", "fake_probability", "label", "threshold",
+                                                 "no_face", "error")}
+        pictures = result.get("frames") or ([{"frame": None, "faces": result.get("faces", [])}]
+                                            if not result["error"] else [])
+        rows = [{**base, "frame": picture["frame"], "face": index, **dict(zip(("x", "y", "width", "height"),
+                                                                              face["box"], strict=True)),
+                 "face_fake_probability": face["fake_probability"]}
+                for picture in pictures for index, face in enumerate(picture["faces"])]
+        writer.writerows(rows or [base])
+    write_text_atomic(path, text.getvalue())
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -136,10 +142,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--faces", choices=["off", "largest", "all"],
                         help="faces to score (default: as the checkpoint was trained)")
     parser.add_argument("--skip-no-face", action="store_true", help="do not score pictures without a face")
-    parser.add_argument("--num-frames", type=int, default=32, help="frames per video, evenly spaced")
-    parser.add_argument("--every", type=int, default=0, help="instead: every k-th frame")
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "int8"],
-                        help="auto: bf16 where the CPU runs it natively, else fp32; int8: ONNX Runtime, quantised")
+    parser.add_argument("--num-frames", type=int,
+                        help=f"frames per video, evenly spaced (default: as the checkpoint records, else {DEFAULT_NUM_FRAMES})")
+    parser.add_argument("--every", type=int, help="instead: every k-th frame")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32", "int8"],
+                        help="auto (the default): bf16 where the CPU runs it natively, else fp32; int8: ONNX Runtime, "
+                             "quantised")
     parser.add_argument("--json", help="write every verdict as JSON here")
     parser.add_argument("--csv", help="write one row per face as CSV here")
     parser.add_argument("--explain", metavar="DIR", help="write a Grad-CAM heatmap per face (images) as PNG here")

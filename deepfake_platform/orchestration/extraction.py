@@ -17,7 +17,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ from deepfake_platform.data.faces import FacePreset, build_face_detector, crop_f
 from deepfake_platform.data.images import BadImageError, is_image_name, load_image
 from deepfake_platform.data.scan import CLASS_ALIASES, CLASSES, SPLIT_ALIASES, SPLITS, DatasetError
 from deepfake_platform.data.sets import FACES_MANIFEST_FILE, FACES_PRESET_FILE
-from deepfake_platform.data.video import BadVideoError, is_video_name, sample_frames
-from deepfake_platform.reporting import write_text_atomic
+from deepfake_platform.data.video import DEFAULT_NUM_FRAMES, BadVideoError, is_video_name, sample_frames
+from deepfake_platform.errors import InvalidInput
+from deepfake_platform.files import write_atomic, write_text_atomic, write_to_path_atomic
 
 SOURCES_FILE = "sources.parquet"
 CROP_COLUMNS = ("crop", "source", "frame", "x", "y", "width", "height", "score", "split", "label")
@@ -146,7 +147,7 @@ def extract_source(source: Source, split: str, out_dir: str, preset: dict[str, A
         for k, box in enumerate(boxes):
             crop = crop_face(frame, box, margin=face_preset.margin, crop_size=face_preset.crop_size)
             path = folder / f"{stem}_f{frame_index:06d}_{k}.png"
-            crop.save(path)
+            write_atomic(path, lambda handle, crop=crop: crop.save(handle, format="PNG"))
             result.crops.append({"crop": path.relative_to(out_dir).as_posix(), "source": source.relative,
                                  "frame": int(frame_index), "x": box.x, "y": box.y, "width": box.width,
                                  "height": box.height, "score": float(box.score), "split": split,
@@ -186,12 +187,13 @@ class ExtractionSummary:
         return "\n".join(lines)
 
 
-def run_extraction(input_dir: str | Path, out_dir: str | Path, preset: FacePreset, *, num_frames: int = 32,
+def run_extraction(input_dir: str | Path, out_dir: str | Path, preset: FacePreset, *,
+                   num_frames: int = DEFAULT_NUM_FRAMES,
                    every: int = 0, val: float = 0.15, test: float = 0.15, seed: int = 0, use_ray: bool = False,
                    progress: bool = True) -> ExtractionSummary:
     """Extract every source of `input_dir` not yet done into `out_dir`; see the module docstring."""
     if preset.mode == "off":
-        raise ValueError("face extraction needs --faces largest or all (off keeps whole pictures: use the folder as is).")
+        raise InvalidInput("face extraction needs --faces largest or all (off keeps whole pictures: use the folder as is).")
     started = time.perf_counter()
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -225,12 +227,14 @@ def run_extraction(input_dir: str | Path, out_dir: str | Path, preset: FacePrese
 
 def _results(todo: list[Source], splits: dict[str, str], out: Path, preset: dict[str, Any], num_frames: int,
              every: int, use_ray: bool, progress: bool) -> Iterator[SourceResult]:
-    bar = _progress_bar(len(todo), progress)
-    try:
+    from tqdm import tqdm
+
+    with tqdm(total=len(todo), unit="source", desc="extracting faces", file=sys.stderr,
+              disable=not progress or not todo) as bar:
         if not use_ray:
             for source in todo:
                 yield extract_source(source, splits[source.relative], str(out), preset, num_frames, every)
-                bar(source.relative)
+                bar.update(1)
             return
         import ray  # ray:
 
@@ -243,27 +247,9 @@ def _results(todo: list[Source], splits: dict[str, str], out: Path, preset: dict
                 source = queue.pop(0)
                 pending[task.remote(source, splits[source.relative], str(out), preset, num_frames, every)] = source
             ready, _ = ray.wait(list(pending), num_returns=1)  # ray:
-            source = pending.pop(ready[0])
+            pending.pop(ready[0])
             yield ray.get(ready[0])  # ray:
-            bar(source.relative)
-    finally:
-        bar(None)
-
-
-def _progress_bar(total: int, enabled: bool) -> Callable[[str | None], None]:
-    if not enabled or total == 0:
-        return lambda name: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="source", desc="extracting faces", file=sys.stderr)
-
-    def advance(name: str | None) -> None:
-        if name is None:
-            bar.close()
-        else:
             bar.update(1)
-
-    return advance
 
 
 def _check_or_write_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -272,7 +258,7 @@ def _check_or_write_settings(out: Path, settings: dict[str, Any]) -> None:
         existing = json.loads(path.read_text())
         if {key: existing.get(key) for key in ("preset", "sampling", "splits")} != {
                 key: settings[key] for key in ("preset", "sampling", "splits")}:
-            raise ValueError(
+            raise InvalidInput(
                 f"{out} was extracted with other settings ({existing.get('preset')}, {existing.get('sampling')}, "
                 f"{existing.get('splits')}); a rerun continues it with the same ones. Pass the same options, or "
                 "choose a new --out."
@@ -296,9 +282,7 @@ def _write_manifests(out: Path, rows: list[dict[str, Any]], crops: list[dict[str
     for name, records, columns in ((SOURCES_FILE, rows, SOURCE_COLUMNS), (FACES_MANIFEST_FILE, crops, CROP_COLUMNS)):
         table = pa.Table.from_pylist([{column: record[column] for column in columns} for record in records]) if records \
             else pa.table({column: pa.array([], type=pa.string()) for column in columns})
-        tmp = out / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        tmp.replace(out / name)
+        write_to_path_atomic(out / name, lambda tmp, table=table: pq.write_table(table, tmp))
 
 
 def source_results(out_dir: str | Path) -> list[dict[str, Any]]:

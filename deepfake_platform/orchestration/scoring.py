@@ -26,6 +26,9 @@ import pyarrow.parquet as pq
 from deepfake_platform.checkpoints import DetectorCheckpoint, read_checkpoint
 from deepfake_platform.data.images import is_image_name
 from deepfake_platform.data.video import is_video_name
+from deepfake_platform.errors import InvalidInput, MissingInput
+from deepfake_platform.files import write_to_path_atomic
+from deepfake_platform.media import ScoringChoices, file_choices
 
 COLUMNS = ("path", "kind", "fake_probability", "label", "threshold", "no_face", "faces", "error", "model",
            "model_sha256")
@@ -48,7 +51,7 @@ def list_inputs(spec: str) -> list[str]:
     elif path.is_file() and path.suffix.lower() == ".parquet":
         table = pq.read_table(path)
         if "path" not in table.column_names:
-            raise ValueError(f"{path} has no `path` column; give a Parquet list with one, or a text list.")
+            raise InvalidInput(f"{path} has no `path` column; give a Parquet list with one, or a text list.")
         found = [Path(p) for p in table.column("path").to_pylist()]
     elif path.is_file() and not (is_image_name(path) or is_video_name(path)):
         found = [Path(line.strip()) for line in path.read_text().splitlines() if line.strip()]
@@ -57,38 +60,23 @@ def list_inputs(spec: str) -> list[str]:
     elif path.is_file():
         found = [path]
     else:
-        raise FileNotFoundError(f"--input {spec} is neither a folder, a glob, a list of paths nor a file.")
+        raise MissingInput(f"--input {spec} is neither a folder, a glob, a list of paths nor a file.")
     if not found:
-        raise FileNotFoundError(f"--input {spec} names no image or video.")
+        raise MissingInput(f"--input {spec} names no image or video.")
     return [str(p.expanduser().resolve()) for p in found]
 
 
 # ---- the stages ----------------------------------------------------------------------------------------
 
 
-def preparation(checkpoint: str, faces: str | None) -> dict[str, Any]:
-    """What the CPU stage needs to know of the model, read once in the driver: its face preset, threshold and
-    (for a single detector) input size."""
+def model_input_size(checkpoint: str) -> int | None:
+    """The picture size a single detector takes, so the CPU stage can apply the eval geometry; None for a
+    frequency detector or an ensemble, which take decoded pictures as they are."""
     record = read_checkpoint(checkpoint)
-    if isinstance(record, DetectorCheckpoint):
-        import torch
-
-        from models import create_detector
-
-        size = record.config.get("data", {}).get("image_size")
-        if not size:
-            with torch.device("meta"):  # the detector's own input size, without building its weights
-                size = create_detector(record.detector, **{**record.detector_kwargs,
-                                                           "pretrained_policy": "off"}).default_image_size
-        recorded, threshold, size = dict(record.faces), record.val_threshold, int(size)
-    else:
-        recorded, threshold, size = _ensemble_faces(checkpoint), getattr(record, "threshold", 0.5), None
-    return {"faces": {**recorded, **({"mode": faces} if faces else {})}, "threshold": float(threshold),
-            "image_size": size}
+    return record.image_size if isinstance(record, DetectorCheckpoint) else None
 
 
-def prepare(batch: dict[str, np.ndarray], *, faces: dict[str, Any], threshold: float, image_size: int | None,
-            num_frames: int, skip_no_face: bool) -> dict[str, np.ndarray]:
+def prepare(batch: dict[str, np.ndarray], *, choices: ScoringChoices, image_size: int | None) -> dict[str, np.ndarray]:
     """CPU stage (a Ray Data task): decode each file, crop its faces; for a single detector also the eval
     preset's geometry, so model-sized uint8 pictures travel to the model stage."""
     from deepfake_platform.data.images import load_image
@@ -96,14 +84,15 @@ def prepare(batch: dict[str, np.ndarray], *, faces: dict[str, Any], threshold: f
     from deepfake_platform.data.video import sample_frames
     from deepfake_platform.media import MediaScorer
 
-    scorer = MediaScorer(None, faces=faces, threshold=threshold, num_frames=num_frames, skip_no_face=skip_no_face)
+    scorer = MediaScorer(None, choices)
     transform = build_transform("eval", image_size) if image_size else None
     rows: dict[str, list] = {"path": [], "kind": [], "pictures": [], "plan": [], "error": []}
     for path in batch["path"]:
         path = str(path)
         kind = "video" if is_video_name(path) else "image"
         try:
-            frames = sample_frames(path, num_frames=num_frames) if kind == "video" else [(None, load_image(path))]
+            frames = (sample_frames(path, num_frames=choices.num_frames, every=choices.every) if kind == "video"
+                      else [(None, load_image(path))])
             plan = scorer.plan([image for _, image in frames], [index for index, _ in frames])
             pictures = [_pack(np.asarray(transform.geometry(p) if transform else p.convert("RGB")))
                         for p in plan.inputs]
@@ -121,8 +110,7 @@ def prepare(batch: dict[str, np.ndarray], *, faces: dict[str, Any], threshold: f
 class Score:
     """Model stage: one predictor per actor; every picture of the batch in one forward pass, then verdicts."""
 
-    def __init__(self, checkpoint: str, precision: str, device: str, threads: int, faces: str | None,
-                 skip_no_face: bool):
+    def __init__(self, checkpoint: str, choices: ScoringChoices, device: str, threads: int):
         import torch
 
         from deepfake_platform.ensemble import load_predictor
@@ -130,8 +118,8 @@ class Score:
 
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.predictor = load_predictor(checkpoint, precision, device)
-        self.scorer = MediaScorer(self.predictor, faces=faces, skip_no_face=skip_no_face)
+        self.predictor = load_predictor(checkpoint, choices.precision, device)
+        self.scorer = MediaScorer(self.predictor, choices)
         self.model, self.sha256 = self.predictor.info.name, self.predictor.info.sha256
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -175,16 +163,6 @@ def _pack(picture: np.ndarray) -> bytes:
 def _unpack(packed: bytes) -> np.ndarray:
     height, width = int.from_bytes(packed[:4], "little"), int.from_bytes(packed[4:8], "little")
     return np.frombuffer(packed[8:], dtype=np.uint8).reshape(height, width, 3)
-
-
-def _ensemble_faces(checkpoint: str) -> dict[str, Any]:
-    from deepfake_platform.ensemble import load_ensemble
-
-    for member in load_ensemble(checkpoint).members:
-        record = read_checkpoint(member.path)
-        if getattr(record, "faces", None):
-            return dict(record.faces)
-    return {}
 
 
 def _plan_json(plan: Any) -> str:
@@ -240,15 +218,18 @@ def pool_size(cpus_per_node: list[float], use_gpu: bool, gpus: float) -> tuple[i
         return max(1, int(gpus)), 1.0
     nodes = [cpus for cpus in cpus_per_node if cpus > 0]
     if not nodes:
-        raise ValueError("the Ray cluster has no CPUs; start a node with CPUs or join another cluster.")
+        raise InvalidInput("the Ray cluster has no CPUs; start a node with CPUs or join another cluster.")
     per_actor = max(0.5, math.floor(min(nodes) / 2 * 2) / 2)
     return len(nodes), per_actor
 
 
 def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, batch_size: int = 16,
-                precision: str = "auto", use_gpu: bool = False, faces: str | None = None, num_frames: int = 16,
-                skip_no_face: bool = False, verbose: bool = False) -> ScoringSummary:
-    """Score every file of `inputs` not yet in `out` (a Parquet file) and write them all there."""
+                use_gpu: bool = False, precision: str | None = None, faces: str | None = None,
+                num_frames: int | None = None, every: int | None = None, skip_no_face: bool | None = None,
+                verbose: bool = False) -> ScoringSummary:
+    """Score every file of `inputs` not yet in `out` (a Parquet file) and write them all there, with the
+    model's scoring choices (`media.scoring_choices`); precision, faces, num_frames, every and skip_no_face
+    override single ones when not None."""
     import logging
 
     import ray  # ray:
@@ -259,7 +240,9 @@ def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, b
     started = time.perf_counter()
     out = Path(out).expanduser().resolve()
     checkpoint = str(Path(checkpoint).expanduser().resolve())
-    read_checkpoint(checkpoint)  # a missing or unsafe model is a sentence before anything starts
+    # Read once in the driver: a missing or unsafe model is a sentence before anything starts.
+    choices = file_choices(checkpoint, precision=precision, faces=faces, num_frames=num_frames, every=every,
+                           skip_no_face=skip_no_face)
     previous = pq.read_table(out).to_pylist() if out.is_file() else []
     done = {row["path"] for row in previous}
     todo = [path for path in inputs if path not in done]
@@ -271,8 +254,7 @@ def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, b
         context.print_on_execution_start = False
         dataset = ray.data.from_items([{"path": path} for path in todo], override_num_blocks=max(1, len(todo) // batch_size))  # ray:
         prepared = dataset.map_batches(  # ray: decoding and cropping in CPU tasks
-            prepare, fn_kwargs={**preparation(checkpoint, faces), "num_frames": num_frames,
-                                "skip_no_face": skip_no_face},
+            prepare, fn_kwargs={"choices": choices, "image_size": model_input_size(checkpoint)},
             batch_size=batch_size, num_cpus=0.5, batch_format="numpy")
         with warnings.catch_warnings():
             # SPREAD has no named parameter yet; ray_remote_args_fn goes in Ray 2.64 (pinned below 2.61 here).
@@ -281,28 +263,23 @@ def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, b
             # tasks always get CPUs, but those tasks take a small share of the time; one torch thread per
             # reserved CPU would leave the model at half the predict path's speed on a 2-core node.
             threads = max(1, int(min(cpus_per_node for cpus_per_node in nodes if cpus_per_node > 0)))
-            scored = _model_stage(prepared, checkpoint, precision, use_gpu, cpus, actors, batch_size, faces,
-                                  skip_no_face, threads)
+            scored = _model_stage(prepared, checkpoint, choices, use_gpu, cpus, actors, batch_size, threads)
         rows = [{column: _plain(row[column]) for column in COLUMNS} for row in scored.iter_rows()]
-    merged = previous + rows
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(merged, schema=SCHEMA), tmp)
-    tmp.replace(out)
+    table = pa.Table.from_pylist(previous + rows, schema=SCHEMA)
+    write_to_path_atomic(out, lambda tmp: pq.write_table(table, tmp))
     return ScoringSummary(out=out, listed=len(inputs), already_scored=len(inputs) - len(todo), scored=len(rows),
                           unreadable=sum(1 for row in rows if row["error"]),
                           fake=sum(1 for row in rows if row["label"] == "fake"),
                           seconds=time.perf_counter() - started, actors=actors)
 
 
-def _model_stage(prepared: Any, checkpoint: str, precision: str, use_gpu: bool, cpus: float, actors: int,
-                 batch_size: int, faces: str | None, skip_no_face: bool, threads: int) -> Any:
+def _model_stage(prepared: Any, checkpoint: str, choices: ScoringChoices, use_gpu: bool, cpus: float, actors: int,
+                 batch_size: int, threads: int) -> Any:
     from ray.data import ActorPoolStrategy  # ray:
 
     return prepared.map_batches(  # ray: the model in an actor pool, one actor per node (or GPU)
-        Score, fn_constructor_kwargs={"checkpoint": checkpoint, "precision": precision,
-                                      "device": "cuda" if use_gpu else "cpu", "threads": threads,
-                                      "faces": faces, "skip_no_face": skip_no_face},
+        Score, fn_constructor_kwargs={"checkpoint": checkpoint, "choices": choices,
+                                      "device": "cuda" if use_gpu else "cpu", "threads": threads},
         batch_size=batch_size, num_cpus=cpus, num_gpus=1 if use_gpu else 0,
         compute=ActorPoolStrategy(size=actors), batch_format="numpy", ray_remote_args_fn=_spread,
         # Ray starts an actor with OMP_NUM_THREADS set to its CPU reservation; raising torch's threads later
