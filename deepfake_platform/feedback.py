@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfake_platform.errors import InvalidInput, MissingInput
+from deepfake_platform.files import write_bytes_atomic
 
 LABELS = ("real", "fake")
 LABELS_FILE = "labels.jsonl"
@@ -40,9 +41,7 @@ class FeedbackStore:
         if image is not None and self.keep_images:
             path = self.directory / IMAGES_DIR / f"{sha256}{suffix}"
             if not path.exists():
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_bytes(image)
-                tmp.replace(path)
+                write_bytes_atomic(path, image)  # two replicas storing the same picture never clash
             stored = str(path.relative_to(self.directory))
         line = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
                 "request_id": request_id, "label": label, "answer": answer, "image_sha256": sha256, "image": stored}
