@@ -36,7 +36,7 @@ from deepfake_platform.orchestration.ensemble_build import (
     write_comparison,
 )
 from deepfake_platform.reporting import write_json, write_text_atomic
-from serve.app import ensemble_serve_config
+from serve.deploy_config import ensemble_serve_config
 
 
 def main(args: argparse.Namespace) -> Path:

@@ -1,13 +1,22 @@
-"""The `args` of the Serve application in serve.config: one typed record, each default in one place."""
+"""The Serve application's settings: serve.config's `args`, one typed record with each default in one place.
+
+`app_args` builds it once, in the builder; the ingress and the upload checks read it, so no other module
+holds a default or a fallback of its own.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 
-from deepfake_platform.config import Section, build
+from deepfake_platform.config import ConfigError, Section, build
 from deepfake_platform.data import DEFAULT_MAX_PIXELS
+
+# What GET /models shows under "limits": what one request may send, and how long it may wait for a detector.
+LIMIT_FIELDS = ("max_body_bytes", "max_pixels", "max_batch_files", "retry_timeout_s", "max_video_bytes",
+                "max_video_seconds", "video_frames")
 
 
 class AppArgs(Section):
@@ -44,7 +53,26 @@ class AppArgs(Section):
     feedback_cache_items: int = Field(256, ge=0)
     feedback_cache_bytes: int = Field(100 * 1024 * 1024, ge=0)
 
+    @property
+    def max_request_bytes(self) -> int:
+        """The most a request may carry: a video may be larger than an image."""
+        return max(self.max_body_bytes, self.max_video_bytes)
 
-def app_args(args: dict | None) -> AppArgs:
-    """The app's args from serve.config (or a test), checked: a mistake names the key."""
-    return build(AppArgs, dict(args or {}), "the Serve config's args")
+    def limits(self) -> dict[str, float]:
+        """The request limits, JSON-ready (shown by GET /models)."""
+        return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+    def with_absolute_paths(self) -> AppArgs:
+        """A copy whose log and feedback folders are absolute: replicas do not run where `serve run` ran."""
+        return self.model_copy(update={key: str(Path(value).expanduser().resolve()) if value else ""
+                                       for key, value in (("log_dir", self.log_dir),
+                                                          ("feedback_dir", self.feedback_dir))})
+
+
+def app_args(args: Any) -> AppArgs:
+    """The app's settings from serve.config's `args` (or a test's dict), checked: a mistake names the key."""
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"the Serve config's args must be a mapping of names to values, not {args!r}.")
+    return build(AppArgs, args, "the Serve config's args")

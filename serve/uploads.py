@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,42 +21,29 @@ from starlette.requests import Request
 
 from deepfake_platform.data import BadImageError, load_image
 from deepfake_platform.data.video import BadVideoError, is_video_name, sample_frames_from_bytes
+from serve.errors import APIError
+from serve.settings import AppArgs
 
 # Raw bodies: any image/* or video/* type, or bytes with no declared type.
 RAW_BODY_TYPES = ("image/", "video/", "application/octet-stream")
 FILE_FIELDS = ("file", "files")
 
 
-class APIError(Exception):
-    """An error the client caused: an HTTP status and a sentence, sent as {"error": sentence}."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
+class TooManyFiles(MultiPartException):
+    """A multipart body with more file parts than the request may carry (413, where other parse errors are 400)."""
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one request may send, and how long it may wait for a detector."""
+class LimitedMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser, raising `TooManyFiles` for one file too many."""
 
-    max_body_bytes: int
-    max_pixels: int
-    max_batch_files: int
-    retry_timeout_s: float = 30.0
-    max_video_bytes: int = 50 * 1024 * 1024
-    max_video_seconds: float = 60.0
-    video_frames: int = 16
-
-    @property
-    def max_request_bytes(self) -> int:
-        """The most a request may carry: a video may be larger than an image."""
-        return max(self.max_body_bytes, self.max_video_bytes)
-
-    def to_dict(self) -> dict[str, float]:
-        """A JSON-ready dict (shown by GET /models)."""
-        return asdict(self)
+    def on_headers_finished(self) -> None:
+        try:
+            super().on_headers_finished()
+        except MultiPartException as err:
+            # Starlette counts the file parts in `_current_files` and raises its generic exception past max_files.
+            if self._current_files > self.max_files:
+                raise TooManyFiles(err.message) from err
+            raise
 
 
 @dataclass(frozen=True)
@@ -74,10 +61,6 @@ class Upload:
         magic = head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
         named = bool(self.name) and is_video_name(self.name)
         return self.content_type.startswith("video/") or named or magic
-
-    def to_dict(self) -> dict[str, float]:
-        """A JSON-ready dict (shown by GET /models)."""
-        return asdict(self)
 
 
 def content_type(request: Request) -> str:
@@ -112,19 +95,20 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-async def read_uploads(request: Request, limits: Limits) -> list[Upload]:
+async def read_uploads(request: Request, settings: AppArgs) -> list[Upload]:
     """Each uploaded file: the multipart `file`/`files` fields, or the raw body (no name)."""
     media_type = content_type(request)
     if media_type == "multipart/form-data":
-        body = await read_body(request, limits.max_request_bytes)
+        body = await read_body(request, settings.max_request_bytes)
         if not body:
             raise APIError(400, "the request body is empty: attach the image as the multipart field `file`.")
-        parser = MultiPartParser(request.headers, _once(body), max_files=limits.max_batch_files)
+        parser = LimitedMultiPartParser(request.headers, _once(body), max_files=settings.max_batch_files)
         try:
             form = await parser.parse()
+        except TooManyFiles as err:
+            raise APIError(413, f"the multipart body could not be read: {err.message}") from err
         except MultiPartException as err:
-            status = 413 if "Too many files" in err.message else 400
-            raise APIError(status, f"the multipart body could not be read: {err.message}") from err
+            raise APIError(400, f"the multipart body could not be read: {err.message}") from err
         uploads = [item for field in FILE_FIELDS for item in form.getlist(field)]
         if not uploads:
             raise APIError(400, "no image in the form: attach it as the multipart field `file`.")
@@ -133,12 +117,12 @@ async def read_uploads(request: Request, limits: Limits) -> list[Upload]:
         files = [Upload(item.filename or f"upload {i + 1}", (item.content_type or "").lower(), await item.read())
                  for i, item in enumerate(uploads)]
         await form.close()
-        return [check_size(upload, limits) for upload in files]
+        return [check_size(upload, settings) for upload in files]
     if media_type.startswith(RAW_BODY_TYPES):
-        body = await read_body(request, limits.max_request_bytes)
+        body = await read_body(request, settings.max_request_bytes)
         if not body:
             raise APIError(400, "the request body is empty: send the image bytes as the body.")
-        return [check_size(Upload(None, media_type, body), limits)]
+        return [check_size(Upload(None, media_type, body), settings)]
     shown = media_type or "none"
     raise APIError(
         415,
@@ -147,13 +131,13 @@ async def read_uploads(request: Request, limits: Limits) -> list[Upload]:
     )
 
 
-async def read_form(request: Request, limits: Limits) -> dict[str, Any]:
+async def read_form(request: Request, settings: AppArgs) -> dict[str, Any]:
     """The fields of a form (multipart, or URL-encoded without a file): text fields as strings, a `file`
     field as an Upload (size-checked)."""
     media_type = content_type(request)
     if media_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise APIError(415, "send the fields as multipart/form-data (request_id, label, and file when asked for).")
-    body = await read_body(request, limits.max_request_bytes)
+    body = await read_body(request, settings.max_request_bytes)
     parser = (MultiPartParser(request.headers, _once(body), max_files=1) if media_type == "multipart/form-data"
               else FormParser(request.headers, _once(body)))
     try:
@@ -164,16 +148,16 @@ async def read_form(request: Request, limits: Limits) -> dict[str, Any]:
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
             fields[key] = check_size(Upload(value.filename, (value.content_type or "").lower(), await value.read()),
-                                     limits)
+                                     settings)
         else:
             fields[key] = value
     await form.close()
     return fields
 
 
-def check_size(upload: Upload, limits: Limits) -> Upload:
+def check_size(upload: Upload, settings: AppArgs) -> Upload:
     """`upload`, or a 413 when it is over the limit of its kind (images and videos have their own)."""
-    limit = limits.max_video_bytes if upload.is_video else limits.max_body_bytes
+    limit = settings.max_video_bytes if upload.is_video else settings.max_body_bytes
     if len(upload.data) > limit:
         what = "video" if upload.is_video else "image"
         raise APIError(413, f"{upload.name or 'the uploaded ' + what} is {len(upload.data):,} bytes, over the {what} "
@@ -192,13 +176,13 @@ def _pixel_count(data: bytes) -> float:
         return 0
 
 
-def decode_video(upload: Upload, limits: Limits) -> list[tuple[int, Image.Image]]:
+def decode_video(upload: Upload, settings: AppArgs) -> list[tuple[int, Image.Image]]:
     """Sampled frames of an uploaded video: 413 when too long or too large per frame, 400 when undecodable."""
     name = upload.name or "the uploaded video"
     suffix = Path(upload.name).suffix.lower() if upload.name and is_video_name(upload.name) else ".mp4"
     try:
-        return sample_frames_from_bytes(upload.data, suffix, num_frames=limits.video_frames,
-                                        max_pixels=limits.max_pixels, max_duration_s=limits.max_video_seconds)
+        return sample_frames_from_bytes(upload.data, suffix, num_frames=settings.video_frames,
+                                        max_pixels=settings.max_pixels, max_duration_s=settings.max_video_seconds)
     except BadVideoError as err:
         status = 413 if "more than the limit" in err.reason else 400
         raise APIError(status, f"{name} {err.reason}") from err

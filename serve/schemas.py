@@ -1,0 +1,80 @@
+"""What the HTTP API answers and accepts, as FastAPI shows it on /docs: the answer models and request bodies."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class ModelIdentity(BaseModel):
+    """Which model answered."""
+
+    name: str
+    checkpoint: str
+    sha256: str
+
+
+class Face(BaseModel):
+    """One face: its box (x, y, width, height in the picture's pixels) and how fake it looks."""
+
+    box: list[int]
+    detector_score: float
+    fake_probability: float
+    label: str
+
+
+class Frame(BaseModel):
+    """One sampled frame of a video and its verdict (its most suspicious face)."""
+
+    frame: int | None
+    fake_probability: float | None
+    label: str
+    faces: list[Face]
+    no_face: bool
+
+
+class Prediction(BaseModel):
+    """The verdict for one image (its most suspicious face) or video (the mean of its frames' verdicts)."""
+
+    kind: str
+    fake_probability: float | None
+    label: str | None
+    threshold: float
+    faces: list[Face] = []
+    no_face: bool = False
+    frames: list[Frame] = []
+    model: ModelIdentity
+    detectors: dict[str, float | None]
+    latency_ms: float
+    filename: str | None = None
+    request_id: str
+
+
+# The request bodies, for /docs: the routes read them from the raw request (see serve/uploads.py).
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "video/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+FEEDBACK_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["request_id", "label"],
+        "properties": {"request_id": {"type": "string"}, "label": {"type": "string", "enum": ["real", "fake"]},
+                       "file": {"type": "string", "format": "binary"}},
+    }}},
+}
+BATCH_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["files"],
+        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+    }}},
+}
+ERRORS = {code: {"description": text, "content": {"application/json": {"example": {"error": "a sentence"}}}}
+          for code, text in [(400, "unreadable, empty or truncated image or video"), (401, "missing or wrong token"),
+                             (413, "body, image or video too large, or video too long"),
+                             (415, "not an image or video content type")]}
