@@ -11,7 +11,7 @@ import numpy as np
 from deepfake_platform.checkpoints import DetectorCheckpoint
 from deepfake_platform.ensemble import Member, load_predictor
 from deepfake_platform.media import ScoringChoices, file_choices, predictor_choices, scoring_choices
-from deepfake_platform.metrics import choose_threshold, classification_report, video_scores
+from deepfake_platform.metrics import classification_report, video_scores
 from deepfake_platform.predict import Predictor
 
 
@@ -50,19 +50,6 @@ def evaluate(predictor: Member, data_root: str | Path, split: str = "test", *, b
         result["video"] = {"metrics": classification_report(video_labels, per_video, choices.video_threshold),
                            "scores": per_video.tolist(), "labels": video_labels.tolist(), "videos": names}
     return result
-
-
-def video_threshold_on_validation(predictor: Member, data_root: str | Path, batch_size: int = 32) -> float | None:
-    """The video-level decision threshold chosen on the validation videos (Youden's J), or None without videos."""
-    from deepfake_platform.data import load_split, source_videos
-
-    samples = load_split(Path(data_root), "val")
-    videos = source_videos(Path(data_root), [path for path, _ in samples])
-    if videos is None:
-        return None
-    scores = score_samples(predictor, samples, batch_size)
-    per_video, labels, _ = video_scores(scores, np.array([label for _, label in samples]), videos)
-    return choose_threshold(labels, per_video)
 
 
 def evaluate_record(record: DetectorCheckpoint, path: str | Path, data_root: str | Path, split: str = "test",
