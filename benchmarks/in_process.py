@@ -35,10 +35,11 @@ def measure_training(config: ExperimentConfig, naive_model: torch.nn.Module, dat
     """Naive fp32 loop (on `naive_model`) and the platform step without Ray, interleaved round by round."""
     from torch.utils.data import DataLoader
 
+    from deepfake_platform.checkpoints import input_size
     from deepfake_platform.data import ImageDataset, build_transform, load_split
-    from deepfake_platform.training import image_size_for, make_loaders
+    from deepfake_platform.training import make_loaders
 
-    size = image_size_for(config, naive_model)
+    size = input_size(config, naive_model)
     naive_loader = DataLoader(ImageDataset(load_split(data_root, "train"), build_transform("train", size)),
                               batch_size=config.train.batch_size, shuffle=True)
     platform_loader = make_loaders(config, data_root, size, 0, 1)[0]

@@ -13,11 +13,11 @@ import torch
 
 from benchmarks.settings import Settings
 from benchmarks.workspace import benchmark_config
+from deepfake_platform.checkpoints import input_size
 from deepfake_platform.config import ExperimentConfig, with_changes
 from deepfake_platform.data import build_dataset
 from deepfake_platform.training import (
     build_optimizer,
-    image_size_for,
     make_loaders,
     prepare_detector,
     train_one_epoch,
@@ -35,7 +35,7 @@ def precision_parity(config: ExperimentConfig, data_root: Path,
         torch.manual_seed(seed)
         model = prepare_detector(run_config, device)
         optimizer = build_optimizer(model, run_config)
-        train_loader, val_loader = make_loaders(run_config, data_root, image_size_for(run_config, model), 0, 1)
+        train_loader, val_loader = make_loaders(run_config, data_root, input_size(run_config, model), 0, 1)
         for epoch in range(run_config.train.epochs):
             train_loader.sampler.set_epoch(epoch)
             stats = train_one_epoch(model, train_loader, optimizer, device, precision, epoch=epoch)

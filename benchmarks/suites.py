@@ -75,11 +75,11 @@ def cpu_settings(preset: str, s: Settings, *, batch_size: int, infer_batch: int,
 def run_gpu(s: Settings, workdir: Path, phases: Phases, *, device: torch.device, model: str, gpu_batch: int,
             peak_flops: float) -> dict[str, float]:
     """Training and inference on the GPU at batch `gpu_batch`, eager and compiled; returns images/s and MFU."""
-    from deepfake_platform.training import image_size_for
+    from deepfake_platform.checkpoints import input_size
 
     config = benchmark_config(workdir, workdir, model, gpu_batch, precision="bf16")
     detector = build_detector(config)
-    size = image_size_for(config, detector)
+    size = input_size(config, detector)
     checkpoint = save_random_checkpoint(detector, config, workdir / "model.pth")
     del detector
     for compiled in (False, True):

@@ -46,8 +46,14 @@ Report = Callable[[dict[str, float], "Path | None"], None]
 
 def epoch_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, config: ExperimentConfig, epoch: int,
                      metrics: dict[str, Any], history: list[dict[str, float]], faces: dict[str, Any],
-                     precision: str) -> DetectorCheckpoint:
-    """Everything an epoch's checkpoint holds: enough to resume exactly, rebuild the model alone and report."""
+                     precision: str, sampling: dict[str, int] | None = None) -> DetectorCheckpoint:
+    """Everything an epoch's checkpoint holds: enough to resume exactly, rebuild the model alone and report.
+
+    `sampling` is how the training set's videos were sampled (num_frames, every): recorded under `video`, so
+    every door that scores a video samples it as the model was trained and validated."""
+    video = dict(sampling or {})
+    if "val_video_auc" in metrics:
+        video.update(val_auc=float(metrics["val_video_auc"]), threshold=float(metrics["val_video_threshold"]))
     return DetectorCheckpoint(
         detector=config.model.name,
         detector_kwargs=dict(model.detector_kwargs),
@@ -63,8 +69,7 @@ def epoch_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, config:
         val_scores=metrics["scores"],
         faces=dict(faces),
         precision=precision,
-        video=({"val_auc": float(metrics["val_video_auc"]), "threshold": float(metrics["val_video_threshold"])}
-               if "val_video_auc" in metrics else {}),
+        video=video,
     )
 
 
@@ -117,7 +122,8 @@ def run_epochs(config: ExperimentConfig, model: nn.Module, train_model: nn.Modul
                loaders: tuple[DataLoader, DataLoader], device: torch.device, precision: str, *, paths: RunPaths,
                history: list[dict[str, float]], start_epoch: int, rank: int, world_size: int,
                faces: dict[str, Any], videos: list[str] | None, report: Report, writer: Any = None,
-               show_progress: bool = False, progress_class: Any = None) -> None:
+               show_progress: bool = False, progress_class: Any = None,
+               sampling: dict[str, int] | None = None) -> None:
     """Train epochs `start_epoch`..`train.epochs - 1`; rank 0 writes each epoch's checkpoint and keeps best.pth.
 
     `model` is the plain module (validated and saved); `train_model` may wrap it (DDP, torch.compile).
@@ -157,7 +163,7 @@ def run_epochs(config: ExperimentConfig, model: nn.Module, train_model: nn.Modul
             if writer is not None:
                 log_epoch(writer, metrics)
             record = epoch_checkpoint(model, optimizer, config, epoch, {**metrics, "scores": scores}, history, faces,
-                                      precision)
+                                      precision, sampling)
             epoch_file = write_checkpoint(record, paths.checkpoints / checkpoint_filename(epoch, metrics["val_auc"]))
             # An attempt killed after writing this epoch's file leaves one with another AUC: one file per epoch.
             for stale in epoch_checkpoints(paths.checkpoints, epoch=epoch):

@@ -60,11 +60,6 @@ def prepare_detector(config: ExperimentConfig, device: torch.device) -> nn.Modul
     return model
 
 
-def image_size_for(config: ExperimentConfig, model: nn.Module) -> int:
-    """The configured input size, or the detector's own default."""
-    return config.data.image_size or int(model.default_image_size)
-
-
 def build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
     """Adam over the trainable parameters; the fused kernel (one pass over the weights per step) on CPU and CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -122,7 +122,9 @@ def test_a_model_trains_on_the_extracted_faces_and_predict_scores_media(media, d
     best = read_checkpoint(tmp_path / "checkpoints" / "faces" / "best.pth")
     # Training records the data set's face preset and the video-level validation, for prediction to reuse.
     assert best.faces["mode"] == "largest" and best.faces["crop_size"] == 96
-    assert set(best.video) == {"val_auc", "threshold"}
+    # ... and how the set's videos were sampled, so predict.py, score.py and the server sample the same frames.
+    assert set(best.video) == {"val_auc", "threshold", "num_frames", "every"}
+    assert best.video["num_frames"] == json.loads((dataset / "faces.json").read_text())["sampling"]["num_frames"]
     report = (tmp_path / "runs" / "faces" / "RESULTS.md").read_text()
     assert "test AUC per video" in report and "Per video: " in report and "val video AUC" in report
 

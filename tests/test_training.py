@@ -176,7 +176,8 @@ import torch
 from deepfake_platform.config import config_from_dict
 from deepfake_platform.epoch_loop import run_epochs, start_from
 from deepfake_platform.outputs import RunPaths
-from deepfake_platform.training import build_optimizer, image_size_for, make_loaders, prepare_detector
+from deepfake_platform.checkpoints import input_size
+from deepfake_platform.training import build_optimizer, make_loaders, prepare_detector
 config = config_from_dict({{"name": "plain", "model": {{"name": "hybrid_tiny", "pretrained": "off"}},
                             "train": {{"epochs": 2, "precision": "fp32"}}}}, "test")
 paths = RunPaths(checkpoints=Path({str(tmp_path)!r}) / "ck", run_dir=Path({str(tmp_path)!r}) / "run",
@@ -185,7 +186,7 @@ paths.checkpoints.mkdir(parents=True)
 model = prepare_detector(config, torch.device("cpu"))
 optimizer = build_optimizer(model, config)
 history, start = start_from(model, optimizer, None, None, "hybrid_tiny", announce=False)
-loaders = make_loaders(config, Path({str(data_root)!r}), image_size_for(config, model), 0, 1)
+loaders = make_loaders(config, Path({str(data_root)!r}), input_size(config, model), 0, 1)
 reports = []
 run_epochs(config, model, model, optimizer, loaders, torch.device("cpu"), "fp32", paths=paths, history=history,
            start_epoch=start, rank=0, world_size=1, faces={{}}, videos=None,

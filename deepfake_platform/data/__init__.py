@@ -28,6 +28,7 @@ from deepfake_platform.data.sets import (
     face_preset_of,
     resolve_data_root,
     source_videos,
+    video_sampling_of,
 )
 from deepfake_platform.data.synth import (
     DEFAULT_COUNTS,
@@ -49,7 +50,7 @@ __all__ = [
     "IMAGE_EXTENSIONS", "MANIFEST_NAME", "SPLITS", "BadImageError", "DatasetError", "ImageRecord",
     "ScanResult", "build_dataset", "ensure_embedded_dataset", "load_image", "load_split", "scan_dataset",
     "FACES_MANIFEST_FILE", "FACES_PRESET_FILE", "build_training_set", "build_validation_set", "face_preset_of",
-    "resolve_data_root", "source_videos",
+    "resolve_data_root", "source_videos", "video_sampling_of",
     *_NEEDS_TORCH,
 ]
 

@@ -61,6 +61,15 @@ def face_preset_of(data_root: Path) -> dict[str, Any]:
         raise DatasetError(f"{path} is not an extraction record ({err}); re-run experiments/extract_faces.py.") from err
 
 
+def video_sampling_of(data_root: Path) -> dict[str, int]:
+    """How an extracted data set sampled its videos' frames (num_frames, every); empty for a set of images."""
+    path = Path(data_root) / FACES_PRESET_FILE
+    if not path.is_file():
+        return {}
+    sampling = json.loads(path.read_text()).get("sampling") or {}
+    return {key: int(sampling[key]) for key in ("num_frames", "every") if key in sampling}
+
+
 def source_videos(data_root: Path, paths: list[str]) -> list[str] | None:
     """The source file of each crop path, from the set's faces.parquet; None when the set has no such manifest."""
     manifest = Path(data_root) / FACES_MANIFEST_FILE

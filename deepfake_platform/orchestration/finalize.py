@@ -44,7 +44,7 @@ def finalize_run(outcome: TrainingOutcome, data_root: Path, *, promote_best: boo
         "parameters": describe_parameters(best),
         "hardware": machine_summary(
             "cuda" if config.scaling.use_gpu else "cpu", config.scaling.num_workers, outcome.cpus_per_worker,
-            _threads(best.history), best.precision or config.train.precision,
+            _threads(best.history), best.trained_precision,
         ),
         "timing": {"total_s": outcome.wall_time_s, "epochs_s": outcome.epoch_time_s},
         "checkpoints": [str(paths.checkpoints / name) for name in checkpoints],

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepfake_platform.checkpoints import remove_partial_writes
+from deepfake_platform.checkpoints import input_size, remove_partial_writes
 from deepfake_platform.config import config_from_dict
 from deepfake_platform.epoch_loop import DETERMINISTIC_ERRORS, latest_state, run_epochs, start_from
 from deepfake_platform.files import link_or_copy
@@ -30,7 +30,6 @@ from deepfake_platform.training import (
     TrainingDiverged,
     build_optimizer,
     compile_if_configured,
-    image_size_for,
     make_loaders,
     prepare_detector,
     set_threads,
@@ -86,9 +85,9 @@ def _train(loop_config: dict[str, Any], paths: RunPaths) -> None:
     train_model = ray.train.torch.prepare_model(model, move_to_device=False)  # ray: DDP when world > 1
     train_model = compile_if_configured(train_model, config)
     data_root = Path(loop_config["data_root"])
-    loaders = make_loaders(config, data_root, image_size_for(config, model), rank, world_size,
+    loaders = make_loaders(config, data_root, input_size(config, model), rank, world_size,
                            cpus=loop_config["cpus_per_worker"])
-    from deepfake_platform.data import face_preset_of, source_videos
+    from deepfake_platform.data import face_preset_of, source_videos, video_sampling_of
 
     val_paths = [path for path, _ in getattr(loaders[1].dataset, "samples", [])]
     writer = None
@@ -107,7 +106,7 @@ def _train(loop_config: dict[str, Any], paths: RunPaths) -> None:
                    videos=source_videos(data_root, val_paths) if val_paths else None,
                    report=lambda metrics, epoch_file: report_epoch(metrics, epoch_file, paths.checkpoints),
                    writer=writer, show_progress=rank == 0 and loop_config.get("progress", True),
-                   progress_class=_progress_class())
+                   progress_class=_progress_class(), sampling=video_sampling_of(data_root))
     finally:
         if writer is not None:
             writer.close()
