@@ -143,7 +143,8 @@ class DeepfakeAPI:
     async def _pictures(self, upload: Upload) -> tuple[str, list[Image.Image], list[int | None]]:
         """The pictures of an upload: one image, or a video's sampled frames (a 4xx sentence when bad)."""
         if upload.is_video:
-            frames = await asyncio.to_thread(decode_video, upload, self.settings)
+            frames = await asyncio.to_thread(decode_video, upload, self.settings, num_frames=self.scorer.num_frames,
+                                             every=self.scorer.every)
             return "video", [image for _, image in frames], [index for index, _ in frames]
         image = await asyncio.to_thread(decode_image, upload.name, upload.data, self.settings.max_pixels)
         return "image", [image], [None]
@@ -298,4 +299,4 @@ class DeepfakeAPI:
         if self.combiner.kind == "stacking":
             combiner["coef"] = dict(zip(self.detectors, self.combiner.coef, strict=True))
         return {"model": self.model, "threshold": self.threshold, "combiner": combiner, "members": members,
-                "limits": self.settings.limits()}
+                "limits": {**self.settings.limits(), "video_frames": self.scorer.num_frames}}

@@ -14,9 +14,10 @@ from pydantic import Field
 from deepfake_platform.config import ConfigError, Section, build
 from deepfake_platform.data import DEFAULT_MAX_PIXELS
 
-# What GET /models shows under "limits": what one request may send, and how long it may wait for a detector.
+# What GET /models shows under "limits" (with the frames scored per video): what one request may send, and
+# how long it may wait for a detector.
 LIMIT_FIELDS = ("max_body_bytes", "max_pixels", "max_batch_files", "retry_timeout_s", "max_video_bytes",
-                "max_video_seconds", "video_frames")
+                "max_video_seconds")
 
 
 class AppArgs(Section):
@@ -35,10 +36,11 @@ class AppArgs(Section):
     precision: Literal["auto", "bf16", "fp32", "int8"] = "auto"
     # How long a request may wait for a live Detector replica (one died mid-request, or is starting again).
     retry_timeout_s: float = Field(30.0, gt=0)
-    # Videos (mp4, webm, avi, mov...): bytes per upload, length, and the frames scored, evenly spaced.
+    # Videos (mp4, webm, avi, mov...): bytes per upload, length, and the frames scored, evenly spaced (None:
+    # as the model's record says, like predict.py and score.py; see deepfake_platform.media.scoring_choices).
     max_video_bytes: int = Field(50 * 1024 * 1024, ge=1)
     max_video_seconds: float = Field(60.0, gt=0)
-    video_frames: int = Field(16, ge=1)
+    video_frames: int | None = Field(None, ge=1)
     # Empty: crop faces as the model was trained (its checkpoint's face preset); off, largest or all override it.
     faces: Literal["", "off", "largest", "all"] = ""
     # Monitoring: the last drift_window scores against the validation scores; one JSON line per answer

@@ -176,12 +176,13 @@ def _pixel_count(data: bytes) -> float:
         return 0
 
 
-def decode_video(upload: Upload, settings: AppArgs) -> list[tuple[int, Image.Image]]:
-    """Sampled frames of an uploaded video: 413 when too long or too large per frame, 400 when undecodable."""
+def decode_video(upload: Upload, settings: AppArgs, *, num_frames: int, every: int) -> list[tuple[int, Image.Image]]:
+    """The frames of an uploaded video the model scores (`num_frames` evenly spaced, or every `every`-th): 413
+    when too long or too large per frame, 400 when undecodable."""
     name = upload.name or "the uploaded video"
     suffix = Path(upload.name).suffix.lower() if upload.name and is_video_name(upload.name) else ".mp4"
     try:
-        return sample_frames_from_bytes(upload.data, suffix, num_frames=settings.video_frames,
+        return sample_frames_from_bytes(upload.data, suffix, num_frames=num_frames, every=every,
                                         max_pixels=settings.max_pixels, max_duration_s=settings.max_video_seconds)
     except BadVideoError as err:
         status = 413 if "more than the limit" in err.reason else 400
