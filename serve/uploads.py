@@ -20,7 +20,12 @@ from starlette.formparsers import FormParser, MultiPartException, MultiPartParse
 from starlette.requests import Request
 
 from deepfake_platform.data import BadImageError, load_image
-from deepfake_platform.data.video import BadVideoError, is_video_name, sample_frames_from_bytes
+from deepfake_platform.data.video import (
+    BadVideoError,
+    VideoTooLargeError,
+    is_video_name,
+    sample_frames_from_bytes,
+)
 from serve.errors import APIError
 from serve.settings import AppArgs
 
@@ -185,8 +190,7 @@ def decode_video(upload: Upload, settings: AppArgs, *, num_frames: int, every: i
         return sample_frames_from_bytes(upload.data, suffix, num_frames=num_frames, every=every,
                                         max_pixels=settings.max_pixels, max_duration_s=settings.max_video_seconds)
     except BadVideoError as err:
-        status = 413 if "more than the limit" in err.reason else 400
-        raise APIError(status, f"{name} {err.reason}") from err
+        raise APIError(413 if isinstance(err, VideoTooLargeError) else 400, f"{name} {err.reason}") from err
 
 
 def decode_image(filename: str | None, data: bytes, max_pixels: int) -> Image.Image:

@@ -48,6 +48,10 @@ class BadVideoError(UserError, ValueError):
         self.reason = reason
 
 
+class VideoTooLargeError(BadVideoError):
+    """A video over an acceptance limit (frame size or duration): a different answer from an undecodable one."""
+
+
 def is_video_name(path: str | Path) -> bool:
     """True for a visible file name whose extension is one of VIDEO_EXTENSIONS (case-insensitive)."""
     path = Path(path)
@@ -217,7 +221,7 @@ def _capture(path: Path, name: str) -> cv2.VideoCapture:
 
 def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise BadVideoError(name, f"has {width}x{height} frames, more than the limit of {max_pixels:,} "
+        raise VideoTooLargeError(name, f"has {width}x{height} frames, more than the limit of {max_pixels:,} "
                                   "pixels; downscale it first.")
 
 
@@ -250,7 +254,7 @@ def _check_duration(name: str, info: VideoInfo, max_duration_s: float) -> None:
         raise BadVideoError(name, "records no frame rate, so its length cannot be checked against the limit "
                                   f"of {max_duration_s:g} s; re-encode it (e.g. ffmpeg -i in.mkv -r 25 out.mp4).")
     if info.duration_s > max_duration_s:
-        raise BadVideoError(name, f"is {info.duration_s:.1f} s long, more than the limit of {max_duration_s:g} s;"
+        raise VideoTooLargeError(name, f"is {info.duration_s:.1f} s long, more than the limit of {max_duration_s:g} s;"
                                   " trim it or send a shorter clip.")
 
 
