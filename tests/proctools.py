@@ -119,3 +119,13 @@ def user_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     return {**env, **extra}
+
+
+def wait_until(condition, process, log: Path, timeout_s: float, interval_s: float = 0.2) -> None:
+    """Poll `condition()` until it holds; fail with the end of `log` if `process` exits or `timeout_s` passes."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(interval_s)

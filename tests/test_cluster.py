@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from deepfake_platform.checkpoints import read_checkpoint
+from deepfake_platform.checkpoints import epoch_checkpoints, read_checkpoint
 from deepfake_platform.data import build_dataset
 from tests.factories import free_port
-from tests.proctools import processes_mentioning, stop_processes, user_env
+from tests.proctools import processes_mentioning, stop_processes, user_env, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -123,16 +123,10 @@ def test_a_lost_node_is_replaced_and_the_run_finishes_every_epoch(cluster, data_
             cwd=tmp_path, env=driver_env(cluster), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     checkpoints = tmp_path / "checkpoints" / "spread"
     try:
-        deadline = time.monotonic() + 300
-        while not list(checkpoints.glob("epoch_000_*.pth")):
-            assert driver.poll() is None and time.monotonic() < deadline, log_path.read_text()[-4000:]
-            time.sleep(0.2)
+        wait_until(lambda: epoch_checkpoints(checkpoints, epoch=0), driver, log_path, 300)
         assert len(list(checkpoints.glob("epoch_*.pth"))) < EPOCHS, "the run finished before a node could be lost"
         cluster.lose_node(cluster.second)
-        deadline = time.monotonic() + 120
-        while "Waiting for nodes" not in log_path.read_text():
-            assert driver.poll() is None and time.monotonic() < deadline, log_path.read_text()[-4000:]
-            time.sleep(0.5)
+        wait_until(lambda: "Waiting for nodes" in log_path.read_text(), driver, log_path, 120, 0.5)
         cluster.second = cluster.add_node()  # the replacement
         assert driver.wait(timeout=400) == 0, log_path.read_text()[-4000:]
     finally:

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -142,7 +141,8 @@ def test_a_diverging_run_stops_with_one_sentence_and_is_not_retried(tmp_path, da
 @pytest.mark.long
 @pytest.mark.timeout(300)
 def test_ctrl_c_stops_the_run_keeps_its_checkpoints_and_says_how_to_continue(tmp_path, data_root):
-    from tests.proctools import interrupt
+    from deepfake_platform.checkpoints import epoch_checkpoints
+    from tests.proctools import interrupt, wait_until
 
     log = tmp_path / "run.log"
     with log.open("w") as output:
@@ -151,10 +151,7 @@ def test_ctrl_c_stops_the_run_keeps_its_checkpoints_and_says_how_to_continue(tmp
             cwd=tmp_path, env=user_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     checkpoints = tmp_path / "checkpoints" / "C"
     try:
-        deadline = time.monotonic() + 200
-        while not list(checkpoints.glob("epoch_000_*.pth")):
-            assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+        wait_until(lambda: epoch_checkpoints(checkpoints, epoch=0), job, log, 200)
         interrupt(job, twice=True)  # Ctrl-C, and an impatient second one: Ray's processes go with the run
     finally:
         if job.poll() is None:
