@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,7 +34,10 @@ def test_without_a_browser_or_a_way_to_install_one_it_says_what_to_install(tmp_p
 
 
 def test_make_test_runs_the_check_before_anything_else():
-    plan = subprocess.run(["make", "-n", "test"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    # As a user's shell runs it: not as a sub-make of `make test` (whose MAKEFLAGS and MAKELEVEL add lines).
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MAKE") and key != "MFLAGS"}
+    plan = subprocess.run(["make", "--no-print-directory", "-n", "test"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60).stdout
     commands = [line for line in plan.splitlines() if line.strip()]
     assert commands and "test_prerequisites.sh" in commands[0], plan
     assert any("pytest" in line for line in commands[1:]), plan
