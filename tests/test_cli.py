@@ -71,6 +71,7 @@ def fine_tune_command(tmp_path: Path, *args: str, patch: str = "") -> subprocess
     return subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.long
 def test_a_command_shows_a_users_mistake_as_a_sentence_and_a_bug_with_its_traceback(tmp_path):
     mistake = fine_tune_command(tmp_path, "--feedback", "feedback", "--margin", "-1")
     assert mistake.returncode == 2

@@ -112,6 +112,7 @@ def test_extraction_on_ray_gives_the_same_crops(media, dataset, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_a_model_trains_on_the_extracted_faces_and_predict_scores_media(media, dataset, tmp_path):
     train = subprocess.run(

@@ -198,6 +198,7 @@ def test_the_replaced_model_is_kept_with_its_bytes_after_a_promotion(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["best.json", "best.pth", "previous_best.json", "previous_best.pth"]
 
 
+@pytest.mark.long
 def test_labels_without_images_get_a_sentence_not_a_run(tmp_path):
     store_with(tmp_path / "feedback", ["fake", "real", "fake"], keep_images=False)
     checkpoint = tiny_checkpoint(tmp_path / "best.pth")

@@ -72,6 +72,7 @@ def serve_probability(checkpoint: Path, video: Path, tmp_path: Path) -> float:
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.long
 @pytest.mark.timeout(900)
 def test_a_video_gets_one_probability_through_every_door(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "best.pth", 0.5, faces=FACES,

@@ -62,6 +62,7 @@ def test_inputs_are_folders_globs_and_lists(archive, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_score_py_writes_a_row_per_file_resumes_and_agrees_with_the_predict_path(archive, tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "artifacts" / "best.pth", 0.5,

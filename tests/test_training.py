@@ -121,6 +121,7 @@ def test_bad_cli_input_is_one_line_not_a_traceback(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_a_diverging_run_stops_with_one_sentence_and_is_not_retried(tmp_path, data_root):
     result = subprocess.run(
