@@ -95,8 +95,17 @@ class DetectorCheckpoint:
         return input_size(self.experiment_config, _rebuild(self, "meta"))
 
 
+class _PictureThresholdForVideos:
+    """For records without a video threshold of their own: a video's mean is labelled at the picture one."""
+
+    @property
+    def video_threshold(self) -> float:
+        """The threshold a video's mean probability is labelled at."""
+        return self.decision_threshold
+
+
 @dataclass
-class FrequencyCheckpoint:
+class FrequencyCheckpoint(_PictureThresholdForVideos):
     """A fitted frequency-domain detector (models/frequency.py) and its validation threshold."""
 
     kind: ClassVar[str] = "frequency"
@@ -111,14 +120,9 @@ class FrequencyCheckpoint:
         """The threshold a fake probability is labelled at, chosen on validation."""
         return float(self.val_threshold)
 
-    @property
-    def video_threshold(self) -> float:
-        """The threshold a video's mean probability is labelled at (no video threshold of its own)."""
-        return self.decision_threshold
-
 
 @dataclass
-class EnsembleCheckpoint:
+class EnsembleCheckpoint(_PictureThresholdForVideos):
     """An ensemble spec: member files with their SHA-256, the combiner, the validation threshold and AUC."""
 
     kind: ClassVar[str] = "ensemble"
@@ -135,11 +139,6 @@ class EnsembleCheckpoint:
     def decision_threshold(self) -> float:
         """The threshold the combined fake probability is labelled at, chosen on validation."""
         return float(self.threshold)
-
-    @property
-    def video_threshold(self) -> float:
-        """The threshold a video's mean probability is labelled at (no video threshold of its own)."""
-        return self.decision_threshold
 
 
 Checkpoint = DetectorCheckpoint | FrequencyCheckpoint | EnsembleCheckpoint
