@@ -147,16 +147,14 @@ class MediaScorer:
     """Face crops and verdicts for images and videos, from any predictor of the one predict path."""
 
     def __init__(self, predictor: Any = None, choices: ScoringChoices | None = None, *,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, **overrides: Any):
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         """`predictor` scores crops (any of the one predict path); without one (a server whose detectors are
-        remote) the scorer only plans crops and assembles verdicts. `choices` default to the predictor's
-        (`predictor_choices`); `overrides` (faces, num_frames, every, skip_no_face, threshold,
-        video_threshold) replace single ones."""
+        remote) the scorer only plans crops and assembles verdicts, and `choices` must be given. `choices`
+        default to the predictor's (`predictor_choices`)."""
+        if choices is None and predictor is None:
+            raise TypeError("MediaScorer needs a predictor or the scoring choices.")
         self.predictor = predictor
-        if choices is None:
-            choices = (predictor_choices(predictor) if predictor is not None
-                       else ScoringChoices(FacePreset(), overrides["threshold"], overrides["threshold"]))
-        self.choices = choices.override(**overrides)
+        self.choices = choices if choices is not None else predictor_choices(predictor)
         self.preset = self.choices.faces
         self.detector = build_face_detector(self.preset) if self.preset.mode != "off" else None
         self.num_frames, self.every = self.choices.num_frames, self.choices.every
