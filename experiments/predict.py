@@ -96,6 +96,8 @@ def describe(result: dict[str, Any]) -> str:
         return head + f", mean of {len(result['frames'])} frames" + (", no face in any" if result["no_face"] else "")
     if result["no_face"]:
         return head + ", no face found: the whole image was scored"
+    if not result["faces"]:  # faces off: the model judges whole images
+        return head + ", whole image"
     faces = "; ".join(f"{face['box']} {face['fake_probability']:.4f}" for face in result["faces"])
     return head + f", {len(result['faces'])} face(s): {faces}"
 
