@@ -11,6 +11,11 @@ class ModelIdentity(BaseModel):
     name: str
     checkpoint: str
     sha256: str
+    # With a model registry (experiments/models.py): the registered model, the version and its role
+    # (champion, or challenger for a canary's share of the requests); null for a plain checkpoint.
+    registered_model: str | None = None
+    version: int | None = None
+    role: str | None = None
 
 
 class Face(BaseModel):
