@@ -57,6 +57,11 @@ class DetectorCheckpoint:
     precision: str = ""
     # Video-level validation AUC and threshold, when the validation crops knew their source videos.
     video: dict[str, float] = field(default_factory=dict)
+    # The calibration fitted on validation (calibration.Calibration.to_dict()); empty: the identity, a plain sigmoid.
+    calibration: dict[str, Any] = field(default_factory=dict)
+    # Named thresholds on the calibrated scale (calibration.OPERATING_POINTS), chosen on validation: per name its
+    # threshold, video_threshold when validation had videos, target rate and the rates reached on validation.
+    operating_points: dict[str, dict[str, float]] = field(default_factory=dict)
     optimizer_state_dict: dict[str, Any] | None = None
 
     def without_optimizer(self) -> DetectorCheckpoint:
@@ -134,6 +139,8 @@ class EnsembleCheckpoint(_PictureThresholdForVideos):
     val_auc: float
     # The ensemble's validation fake probabilities of each class, for drift monitoring.
     val_scores: dict[str, list[float]] = field(default_factory=dict)
+    # Named thresholds chosen on the ensemble's validation probabilities (see DetectorCheckpoint).
+    operating_points: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def decision_threshold(self) -> float:
@@ -253,6 +260,27 @@ def from_payload(payload: Any, path: str | Path = "<payload>") -> Checkpoint:
 
 
 # ---- what a record says -----------------------------------------------------------------------------
+
+
+def operating_thresholds(record: Checkpoint, name: str = "balanced") -> tuple[float, float]:
+    """(picture threshold, video threshold) of the operating point `name` the record chose on validation:
+    `balanced` is the decision threshold (every record has it); the others need a record that stores them."""
+    from deepfake_platform.calibration import OPERATING_POINTS
+
+    if name not in OPERATING_POINTS:
+        raise CheckpointError(f"unknown operating point {name!r}; choose one of {', '.join(OPERATING_POINTS)}.")
+    if name == "balanced":
+        return record.decision_threshold, record.video_threshold
+    point = (getattr(record, "operating_points", None) or {}).get(name)
+    if point is None:
+        raise CheckpointError(
+            f"this {record.kind} file records no {name} operating point (it predates them, or its validation split "
+            "held one class); use the balanced one, or calibrate it with `python experiments/evaluate.py "
+            "--checkpoint FILE --data DIR --calibrate OUT.pth`."
+        )
+    return float(point["threshold"]), float(point.get("video_threshold", point["threshold"]))
+
+
 
 
 def build_model(record: DetectorCheckpoint, *, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -106,6 +106,16 @@ class OutputConfig(Section):
     promote: bool = True
 
 
+class CalibrationConfig(Section):
+    """How a trained model's probabilities are calibrated and its operating points chosen, on validation."""
+
+    # temperature: one temperature minimising the log loss; isotonic: a non-decreasing map; none: the plain sigmoid.
+    method: Literal["temperature", "isotonic", "none"] = "temperature"
+    # The high_precision operating point keeps the false-positive rate at most this; high_recall the false-negative.
+    target_fpr: float = Field(0.01, ge=0, lt=1)
+    target_fnr: float = Field(0.01, ge=0, lt=1)
+
+
 class ExperimentConfig(Section):
     """Everything one training run needs."""
 
@@ -115,6 +125,7 @@ class ExperimentConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
 
 # ---- reading and checking ---------------------------------------------------------------------------

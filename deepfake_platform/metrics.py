@@ -63,6 +63,48 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.clip(thresholds[i], 0.0, 1.0))
 
 
+def error_rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(false-positive rate, false-negative rate) at `threshold` under the label rule; NaN for an absent class."""
+    labels, scores = _check(labels, scores)
+    fake = np.asarray(predicted_fake(scores, threshold))
+    real_count, fake_count = int((labels == 0).sum()), int((labels == 1).sum())
+    fpr = float(fake[labels == 0].sum() / real_count) if real_count else float("nan")
+    fnr = float((~fake[labels == 1]).sum() / fake_count) if fake_count else float("nan")
+    return fpr, fnr
+
+
+def _between(low: float, high: float) -> float:
+    """A threshold strictly above `low` and at most `high` (their midpoint, or `high` when they touch)."""
+    middle = (low + high) / 2.0
+    return middle if low < middle <= high else high
+
+
+def threshold_for_fpr(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> float:
+    """The lowest threshold whose false-positive rate on these (validation) predictions is at most `target_fpr`:
+    it catches as many fakes as that rate allows. Placed halfway to the next score, not on one."""
+    labels, scores = _check(labels, scores)
+    real = np.sort(scores[labels == 0])[::-1]
+    allowed = int(np.floor(target_fpr * real.size + 1e-9))  # reals that may score at or above the threshold
+    if allowed >= real.size:
+        return 0.0
+    ceiling = real[allowed]  # the threshold must be above this real's score
+    above = scores[scores > ceiling]
+    return float(_between(ceiling, above.min() if above.size else min(1.0, np.nextafter(ceiling, np.inf))))
+
+
+def threshold_for_fnr(labels: np.ndarray, scores: np.ndarray, target_fnr: float) -> float:
+    """The highest threshold whose false-negative rate on these (validation) predictions is at most `target_fnr`:
+    it flags as few reals as that rate allows. Placed halfway to the next lower score, not on one."""
+    labels, scores = _check(labels, scores)
+    fake = np.sort(scores[labels == 1])
+    allowed = int(np.floor(target_fnr * fake.size + 1e-9))  # fakes that may score below the threshold
+    if allowed >= fake.size:
+        return 1.0
+    floor = fake[allowed]  # the threshold must be at or below this fake's score
+    below = scores[scores < floor]
+    return float(_between(below.max(), floor)) if below.size else float(floor)
+
+
 def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Accuracy, precision, recall, F1 and the confusion matrix at one threshold."""
     labels, scores = _check(labels, scores)
@@ -94,6 +136,12 @@ def classification_report(labels: np.ndarray, scores: np.ndarray, threshold: flo
         "at_0.5": threshold_metrics(labels, scores, 0.5),
         "at_val_threshold": threshold_metrics(labels, scores, threshold),
     }
+
+
+def class_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
+    """Scores split by class, as checkpoints record them for drift monitoring."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    return {"real": scores[labels == 0].tolist(), "fake": scores[labels == 1].tolist()}
 
 
 def video_scores(frame_scores: np.ndarray, frame_labels: np.ndarray,
