@@ -95,10 +95,11 @@ class ScoringChoices:
     (predict.py, score.py, evaluation, the server): `scoring_choices` reads them from the model's record."""
 
     faces: FacePreset
-    threshold: float  # a picture's, chosen on validation
+    threshold: float  # a picture's, chosen on validation (at the operating point below)
     video_threshold: float  # a video's mean, chosen on validation videos when training had them
     num_frames: int = DEFAULT_NUM_FRAMES  # frames sampled per video, evenly spaced
     every: int = 0  # instead: every k-th frame
+    operating_point: str = "balanced"  # which of the record's named thresholds (scoring_choices' operating_point)
     skip_no_face: bool = False  # leave a picture without a face unscored instead of scoring it whole
     precision: str = DEFAULT_PRECISION
 
@@ -111,17 +112,24 @@ class ScoringChoices:
         return replace(self, **changes)
 
 
-def scoring_choices(record: Checkpoint, members: Sequence[Checkpoint] = (), **overrides: Any) -> ScoringChoices:
+def scoring_choices(record: Checkpoint, members: Sequence[Checkpoint] = (), operating_point: str | None = None,
+                    **overrides: Any) -> ScoringChoices:
     """The choices for a model: what its record says training chose (the face preset of its detectors, or of
     an ensemble's `members`; the thresholds; the video sampling), else this module's defaults; `overrides`
     (faces, num_frames, every, skip_no_face, precision, thresholds) that are not None replace single ones."""
     from deepfake_platform.ensemble import model_faces
 
+    from deepfake_platform.checkpoints import operating_thresholds
+
+    # The thresholds of the named operating point (default balanced) the record chose on validation.
+    operating_point = operating_point or "balanced"
+    threshold, video_threshold = operating_thresholds(record, operating_point)
     sampling = getattr(record, "video", None) or {}
     recorded = ScoringChoices(
         faces=FacePreset.from_dict(model_faces(members or [record])),
-        threshold=record.decision_threshold,
-        video_threshold=record.video_threshold,
+        threshold=threshold,
+        video_threshold=video_threshold,
+        operating_point=operating_point,
         num_frames=int(sampling.get("num_frames", DEFAULT_NUM_FRAMES)),
         every=int(sampling.get("every", 0)),
     )
