@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from deepfake_platform.calibration import Calibration
 from deepfake_platform.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -118,6 +119,7 @@ class Member(Protocol):
 
     info: ModelInfo
     faces: dict[str, Any]
+    calibration: Calibration  # how its probabilities relate to its raw logits (the identity when it has none)
 
     def predict_images(self, images: list[Image.Image]) -> np.ndarray: ...
 
@@ -172,6 +174,7 @@ class EnsembleSpec:
     threshold: float
     val_auc: float
     val_scores: dict[str, list[float]] = field(default_factory=dict)
+    operating_points: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def apply(self, probabilities: np.ndarray) -> np.ndarray:
         """The combiner applied to member probabilities (columns in member order)."""
@@ -185,7 +188,8 @@ def save_ensemble(spec: EnsembleSpec, path: str | Path) -> Path:
                for m in spec.members]
     return write_checkpoint(EnsembleCheckpoint(name=spec.name, members=members, combiner=spec.combiner.to_dict(),
                                                threshold=float(spec.threshold), val_auc=float(spec.val_auc),
-                                               val_scores=spec.val_scores), path)
+                                               val_scores=spec.val_scores,
+                                               operating_points=spec.operating_points), path)
 
 
 def load_ensemble(path: str | Path) -> EnsembleSpec:
@@ -211,7 +215,8 @@ def load_ensemble(path: str | Path) -> EnsembleSpec:
             )
         members.append(MemberSpec(name=entry["name"], path=str(member_path), sha256=entry["sha256"]))
     return EnsembleSpec(name=record.name, members=members, combiner=Combiner.from_dict(record.combiner),
-                        threshold=record.threshold, val_auc=record.val_auc, val_scores=record.val_scores)
+                        threshold=record.threshold, val_auc=record.val_auc, val_scores=record.val_scores,
+                        operating_points=record.operating_points)
 
 
 def member_paths(path: str | Path, record: EnsembleCheckpoint) -> list[Path]:
@@ -236,6 +241,8 @@ class EnsemblePredictor:
         self.record = read_checkpoint(path, EnsembleCheckpoint)
         self.members = {m.name: load_member(m.path, precision, device) for m in self.spec.members}
         self.faces: dict[str, Any] = model_faces(member.record for member in self.members.values())
+        # Its members' probabilities are calibrated; the combined one is read as it comes.
+        self.calibration = Calibration()
         self.info = ModelInfo(name=self.spec.name, checkpoint=Path(path).name, sha256=file_sha256(path),
                               threshold=self.record.decision_threshold, image_size=0, val_auc=self.spec.val_auc,
                               epoch=0)

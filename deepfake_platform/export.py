@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from deepfake_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from deepfake_platform.errors import InvalidInput
 from deepfake_platform.files import write_text_atomic, write_to_path_atomic
 
 FORMATS = ("onnx", "torchscript")
@@ -31,15 +32,17 @@ OUTPUTS = ("fake_probability", "logit")
 
 
 class WithProbability(nn.Module):
-    """A detector's logits and the fake probabilities, the two outputs of an exported model."""
+    """A detector's logits and the (temperature-calibrated) fake probabilities, the two outputs of an exported
+    model."""
 
-    def __init__(self, detector: nn.Module):
+    def __init__(self, detector: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.detector = detector
+        self.temperature = float(temperature)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logit = self.detector(images).float()
-        return torch.sigmoid(logit), logit
+        return torch.sigmoid(logit / self.temperature), logit
 
 
 def example_batch(image_size: int, batch: int = 2) -> torch.Tensor:
@@ -47,9 +50,9 @@ def example_batch(image_size: int, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
 
 
-def write_onnx(detector: nn.Module, image_size: int, path: Path) -> Path:
+def write_onnx(detector: nn.Module, image_size: int, path: Path, temperature: float = 1.0) -> Path:
     """The detector (fp32, eval mode) as an ONNX file with a dynamic batch dimension."""
-    wrapped = WithProbability(detector).eval().float()
+    wrapped = WithProbability(detector, temperature).eval().float()
     axes = {INPUT: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUTS}}
 
     def write(tmp: Path) -> None:
@@ -61,9 +64,9 @@ def write_onnx(detector: nn.Module, image_size: int, path: Path) -> Path:
     return write_to_path_atomic(path, write)
 
 
-def write_torchscript(detector: nn.Module, image_size: int, path: Path) -> Path:
+def write_torchscript(detector: nn.Module, image_size: int, path: Path, temperature: float = 1.0) -> Path:
     """The detector (fp32, eval mode) traced to TorchScript; any batch size runs."""
-    wrapped = WithProbability(detector).eval().float()
+    wrapped = WithProbability(detector, temperature).eval().float()
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
@@ -75,7 +78,7 @@ def write_torchscript(detector: nn.Module, image_size: int, path: Path) -> Path:
 
 
 def preprocessing(image_size: int, threshold: float, *, detector: str, sha256: str, faces: dict[str, Any],
-                  video_threshold: float | None = None) -> dict[str, Any]:
+                  video_threshold: float | None = None, temperature: float = 1.0) -> dict[str, Any]:
     """What a program without this project must do to an image before the model, and how to read the answer."""
     return {
         "input": {"name": INPUT, "shape": ["batch", 3, image_size, image_size], "dtype": "float32",
@@ -86,7 +89,9 @@ def preprocessing(image_size: int, threshold: float, *, detector: str, sha256: s
         "scale": 1 / 255,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
-        "outputs": {"fake_probability": "sigmoid of the logit, shape [batch]", "logit": "shape [batch]"},
+        "outputs": {"fake_probability": "sigmoid of logit / temperature (the calibration), shape [batch]",
+                    "logit": "the raw logit, shape [batch]"},
+        "temperature": temperature,
         "threshold": threshold,
         "video_threshold": video_threshold,
         "label": "fake when fake_probability >= threshold, else real",
@@ -101,11 +106,16 @@ def export_model(predictor: Any, fmt: str, out: Path) -> tuple[Path, Path]:
     preprocessing to `out` with `.json` as suffix; both paths."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    calibration = predictor.calibration
+    if calibration.method == "isotonic":
+        raise InvalidInput("an isotonic calibration is not exported (it is a lookup table, not an operation of the "
+                           "graph); calibrate the checkpoint with calibration.method temperature to export it.")
     module = predictor.module.to(memory_format=torch.contiguous_format)
     size = predictor.info.image_size
-    (write_onnx if fmt == "onnx" else write_torchscript)(module, size, out)
+    (write_onnx if fmt == "onnx" else write_torchscript)(module, size, out, calibration.temperature)
     meta = preprocessing(size, predictor.info.threshold, detector=predictor.info.name, sha256=predictor.info.sha256,
-                         faces=predictor.faces, video_threshold=predictor.record.video_threshold)
+                         faces=predictor.faces, video_threshold=predictor.record.video_threshold,
+                         temperature=calibration.temperature)
     sidecar = write_text_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     return out, sidecar
 

@@ -2,7 +2,8 @@
 batch scoring and the benchmark.
 
 `forward_logits` is the single forward pass every score goes through (precision, channels_last,
-inference mode). `Predictor` wraps a detector checkpoint with its preprocessing and threshold;
+inference mode). `Predictor` wraps a detector checkpoint with its preprocessing, its calibration (the
+probabilities it returns are calibrated: deepfake_platform.calibration) and threshold;
 `FrequencyPredictor` does the same for the frequency-domain detector. Both score lists of RGB PIL
 images with `predict_images`; an ensemble (deepfake_platform.ensemble) combines them.
 """
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deepfake_platform.calibration import Calibration
 from deepfake_platform.checkpoints import (
     DetectorCheckpoint,
     FrequencyCheckpoint,
@@ -67,11 +69,6 @@ def forward_logits(model: torch.nn.Module, images: torch.Tensor, device: torch.d
     return logits.float().cpu().numpy()
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Fake probabilities from logits."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
-
-
 @dataclass
 class ModelInfo:
     """What is deployed: shown by the API and written into reports."""
@@ -113,6 +110,8 @@ class Predictor:
         image_size = input_size(record.experiment_config, model)
         self.transform = build_transform("eval", image_size)
         self.faces = dict(record.faces)
+        # Old records have none: the identity, so they score exactly as before.
+        self.calibration = Calibration.from_dict(record.calibration)
         sha256 = file_sha256(path) if path is not None else ""
         # int8: the same model quantised and run by ONNX Runtime; explanations still use the fp32 module.
         self.int8 = None
@@ -130,11 +129,15 @@ class Predictor:
             epoch=int(record.epoch),
         )
 
-    def predict_tensor(self, images: torch.Tensor) -> np.ndarray:
-        """Fake probabilities for a preprocessed batch (B, 3, H, W)."""
+    def predict_logits(self, images: torch.Tensor) -> np.ndarray:
+        """The detector's raw (uncalibrated) logits for a preprocessed batch (B, 3, H, W)."""
         if self.int8 is not None:
-            return sigmoid(self.int8(images)).astype(np.float32)
-        return sigmoid(forward_logits(self.model, images, self.device, self.precision)).astype(np.float32)
+            return self.int8(images)
+        return forward_logits(self.model, images, self.device, self.precision)
+
+    def predict_tensor(self, images: torch.Tensor) -> np.ndarray:
+        """Calibrated fake probabilities for a preprocessed batch (B, 3, H, W)."""
+        return self.calibration.apply(self.predict_logits(images)).astype(np.float32)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The eval preset applied to RGB PIL images, stacked into a batch."""
@@ -168,6 +171,7 @@ class FrequencyPredictor:
         self.record = record
         self.detector = FrequencyDetector.from_state(record.state)
         self.faces: dict[str, Any] = {}
+        self.calibration = Calibration()  # its logistic regression's probabilities are its own
         # image_size 0: the spectrum is taken over the whole decoded image, at its own size.
         self.info = ModelInfo(name="frequency", checkpoint=path.name, sha256=file_sha256(path) if path.is_file() else "",
                               threshold=record.decision_threshold, image_size=0, val_auc=float(record.val_auc),

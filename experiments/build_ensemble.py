@@ -18,14 +18,14 @@ from pathlib import Path
 
 import yaml
 
+from deepfake_platform.calibration import choose_operating_points
 from deepfake_platform.checkpoints import file_sha256
 from deepfake_platform.data import load_split, resolve_data_root
 from deepfake_platform.ensemble import EnsembleSpec, MemberSpec, load_member, safe_name, save_ensemble
-from deepfake_platform.metrics import choose_threshold, roc_auc
+from deepfake_platform.metrics import choose_threshold, class_scores, roc_auc
 from deepfake_platform.orchestration.cli import run_command
 from deepfake_platform.orchestration.ensemble_build import (
     check_face_presets,
-    class_scores,
     compare_on_test,
     fit_combiner,
     load_ensemble_config,
@@ -64,6 +64,8 @@ def main(args: argparse.Namespace) -> Path:
         threshold=choose_threshold(val_labels, val_fused),
         val_auc=roc_auc(val_labels, val_fused),
         val_scores=class_scores(val_labels, val_fused),
+        # On the members' calibrated probabilities, combined: the same scale every door labels at.
+        operating_points=choose_operating_points(val_labels, val_fused),
     )
     spec_path = save_ensemble(spec, artifacts / f"{config.name}.pth")
     rows = compare_on_test(names, members, spec, val, test)

@@ -19,7 +19,7 @@ from deepfake_platform.checkpoints import DetectorCheckpoint, read_checkpoint
 from deepfake_platform.config import ConfigError, Section, load
 from deepfake_platform.ensemble import Combiner, EnsembleSpec, Member, logit, safe_name, save_frequency_member
 from deepfake_platform.errors import InvalidInput
-from deepfake_platform.metrics import choose_threshold, classification_report, roc_auc
+from deepfake_platform.metrics import choose_threshold, class_scores, classification_report, roc_auc
 from deepfake_platform.reporting import markdown_table, plot_roc, write_csv, write_text_atomic
 
 # ---- the build config ----------------------------------------------------------------------------------
@@ -126,12 +126,6 @@ def train_frequency_member(train: list[tuple[str, int]], val: list[tuple[str, in
     val_labels = np.array([label for _, label in val])
     return save_frequency_member(detector, path, choose_threshold(val_labels, val_scores), roc_auc(val_labels, val_scores),
                                  class_scores(val_labels, val_scores))
-
-
-def class_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
-    """Scores split by class, as checkpoints record them for drift monitoring."""
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    return {"real": scores[labels == 0].tolist(), "fake": scores[labels == 1].tolist()}
 
 
 def score_members(members: dict[str, Member], samples: list[tuple[str, int]],
