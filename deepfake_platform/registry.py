@@ -109,11 +109,11 @@ class Registry:
 
     def _entry(self, version: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """A role's entry of the serving state for `version` (its local file must exist)."""
+        model_version = self._version(version)
         path = version_file(self.artifacts, version)
         if not path.is_file():
             raise RegistryError(f"{path} is missing (version {version} was registered from another output home?); "
                                 "run the command with --home and --artifacts of the home that registered it.")
-        model_version = self._version(version)
         return {"version": int(version), "file": str(path.relative_to(self.artifacts)),
                 "sha256": model_version.tags.get("sha256") or file_sha256(path), "run_id": model_version.run_id,
                 **(extra or {})}
