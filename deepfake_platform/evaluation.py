@@ -94,10 +94,11 @@ def evaluate_record(record: DetectorCheckpoint, path: str | Path, data_root: str
 
 
 def evaluate_checkpoint(path: str | Path, data_root: str | Path, split: str = "test", *,
-                        precision: str | None = None, batch_size: int = 32) -> dict[str, Any]:
+                        precision: str | None = None, operating_point: str | None = None,
+                        batch_size: int = 32) -> dict[str, Any]:
     """Any model file (a checkpoint, a frequency detector, an ensemble spec) on `split`, at `precision`
-    (default: the model's scoring choice)."""
-    choices = file_choices(path, precision=precision)
+    (default: the model's scoring choice), labelled at `operating_point`'s thresholds (default: balanced)."""
+    choices = file_choices(path, precision=precision, operating_point=operating_point)
     return evaluate(load_predictor(path, choices.precision), data_root, split, batch_size=batch_size,
                     choices=choices)
 
