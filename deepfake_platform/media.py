@@ -2,13 +2,16 @@
 
 A picture is cut into face crops the way the model was trained (the face preset its checkpoint records:
 detector, margin, crop size), each crop is scored through the one predict path, and the picture's verdict
-is its most suspicious face, as SBI's inference and commercial APIs report it. A picture with no face is
-said to have none (`no_face`) and scored as a whole, unless asked to skip it. A video is judged on frames
-sampled evenly (32 by default, DeepfakeBench's protocol): its fake probability is the mean of its frames'
-verdicts, labelled at the video threshold chosen on validation videos when the checkpoint has one.
+is its most suspicious face, as SBI's inference and commercial APIs report it. A model that judges faces
+gives no guess where it has none to judge: a picture with no face (`no_face`), or whose faces are all
+smaller than a `small_face_factor`-th of the model's input size, is `not_applicable`, with the `reason`,
+no label and no probability. A video is judged on frames sampled evenly (32 by default, DeepfakeBench's
+protocol), each with its index and time (`time_s`): its fake probability is the mean of the verdicts of its
+frames that have one, labelled at the video threshold chosen on validation videos when the checkpoint has
+one; a video none of whose frames can be judged is not applicable. A whole-image model always judges.
 
     scorer = MediaScorer(load_predictor("artifacts/best.pth"))
-    verdict = scorer.score_path("clip.mp4")           # verdict.fake_probability, verdict.frames, verdict.label
+    verdict = scorer.score_path("clip.mp4")           # verdict.verdict, .fake_probability, .frames, .reason
 
 Every choice that changes a verdict (the face preset, the frames sampled per video, the thresholds, the
 precision) is a `ScoringChoices`, built once by `scoring_choices` from the model's record (where training
@@ -32,12 +35,17 @@ from deepfake_platform.data.images import DEFAULT_MAX_PIXELS, load_image
 from deepfake_platform.data.video import (
     DEFAULT_NUM_FRAMES,
     is_video_name,
-    sample_frames,
-    sample_frames_from_bytes,
+    sample_video,
+    sample_video_from_bytes,
 )
 from deepfake_platform.errors import InvalidInput
 from deepfake_platform.metrics import label_of
 from deepfake_platform.predict import DEFAULT_PRECISION
+
+NOT_APPLICABLE = "not_applicable"  # the verdict of a file the model cannot judge: no label, no probability
+# A face whose short side is under the model's input size divided by this is too small to judge: upscaled
+# more than 4x, a crop holds none of the blending and resampling traces the model learned.
+DEFAULT_SMALL_FACE_FACTOR = 4.0
 
 
 @dataclass
@@ -52,14 +60,21 @@ class FaceVerdict:
 
 @dataclass
 class PictureVerdict:
-    """One image or video frame: its faces and its verdict (the most suspicious face, or the whole picture)."""
+    """One image or video frame: its faces and its verdict (the most suspicious face, or the whole picture),
+    or `not_applicable` with the reason (no label, no probability). A frame has its index and time."""
 
-    fake_probability: float
-    label: str
+    fake_probability: float | None
+    label: str | None
     faces: list[FaceVerdict] = field(default_factory=list)
     no_face: bool = False
-    skipped: bool = False
+    reason: str | None = None
     frame: int | None = None
+    time_s: float | None = None
+
+    @property
+    def verdict(self) -> str:
+        """`fake`, `real` or `not_applicable`."""
+        return self.label or NOT_APPLICABLE
 
 
 @dataclass
@@ -69,6 +84,8 @@ class Plan:
     inputs: list[Image.Image]
     boxes: list[list[FaceBox]]
     frames: list[int | None]
+    fps: float = 0.0  # a video's frame rate (0.0: unknown), for the frames' times
+    too_small: list[int] = field(default_factory=list)  # per picture, faces found but too small to judge
 
 
 @dataclass
@@ -83,10 +100,20 @@ class MediaVerdict:
     no_face: bool = False
     frames: list[PictureVerdict] = field(default_factory=list)
     name: str | None = None
+    reason: str | None = None  # why the verdict is not_applicable
+
+    @property
+    def verdict(self) -> str:
+        """`fake`, `real` or `not_applicable`."""
+        return self.label or NOT_APPLICABLE
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
+        """A JSON-ready dict: the fields, `verdict` beside `label`, each frame's `verdict` too."""
+        answer = asdict(self)
+        answer["verdict"] = self.verdict
+        for frame, picture in zip(answer["frames"], self.frames, strict=True):
+            frame["verdict"] = picture.verdict
+        return answer
 
 
 @dataclass(frozen=True)
@@ -100,8 +127,14 @@ class ScoringChoices:
     num_frames: int = DEFAULT_NUM_FRAMES  # frames sampled per video, evenly spaced
     every: int = 0  # instead: every k-th frame
     operating_point: str = "balanced"  # which of the record's named thresholds (scoring_choices' operating_point)
-    skip_no_face: bool = False  # leave a picture without a face unscored instead of scoring it whole
     precision: str = DEFAULT_PRECISION
+    input_size: int = 0  # the side of the pictures the model takes (0: unknown, no face is too small)
+    small_face_factor: float = DEFAULT_SMALL_FACE_FACTOR  # faces under input_size / this are not judged
+
+    @property
+    def min_face_px(self) -> float:
+        """The short side, in pixels, under which a face is too small to judge."""
+        return self.input_size / self.small_face_factor if self.input_size and self.small_face_factor > 0 else 0.0
 
     def override(self, **changes: Any) -> ScoringChoices:
         """A copy with the changes that are not None (a command-line flag left unset keeps the model's
@@ -115,16 +148,17 @@ class ScoringChoices:
 def scoring_choices(record: Checkpoint, members: Sequence[Checkpoint] = (), operating_point: str | None = None,
                     **overrides: Any) -> ScoringChoices:
     """The choices for a model: what its record says training chose (the face preset of its detectors, or of
-    an ensemble's `members`; the thresholds; the video sampling), else this module's defaults; `overrides`
-    (faces, num_frames, every, skip_no_face, precision, thresholds) that are not None replace single ones."""
+    an ensemble's `members`; the thresholds; the video sampling; the input size), else this module's defaults;
+    `overrides` (faces, num_frames, every, precision, thresholds, small_face_factor) that are not None replace
+    single ones."""
+    from deepfake_platform.checkpoints import DetectorCheckpoint, operating_thresholds
     from deepfake_platform.ensemble import model_faces
-
-    from deepfake_platform.checkpoints import operating_thresholds
 
     # The thresholds of the named operating point (default balanced) the record chose on validation.
     operating_point = operating_point or "balanced"
     threshold, video_threshold = operating_thresholds(record, operating_point)
     sampling = getattr(record, "video", None) or {}
+    sizes = [r.image_size for r in (members or [record]) if isinstance(r, DetectorCheckpoint)]
     recorded = ScoringChoices(
         faces=FacePreset.from_dict(model_faces(members or [record])),
         threshold=threshold,
@@ -132,6 +166,7 @@ def scoring_choices(record: Checkpoint, members: Sequence[Checkpoint] = (), oper
         operating_point=operating_point,
         num_frames=int(sampling.get("num_frames", DEFAULT_NUM_FRAMES)),
         every=int(sampling.get("every", 0)),
+        input_size=max(sizes, default=0),
     )
     return recorded.override(**overrides)
 
@@ -166,97 +201,123 @@ class MediaScorer:
         self.preset = self.choices.faces
         self.detector = build_face_detector(self.preset) if self.preset.mode != "off" else None
         self.num_frames, self.every = self.choices.num_frames, self.choices.every
-        self.skip_no_face, self.max_pixels = self.choices.skip_no_face, max_pixels
+        self.max_pixels, self.min_face_px = max_pixels, self.choices.min_face_px
         self.threshold, self.video_threshold = self.choices.threshold, self.choices.video_threshold
 
     def label(self, probability: float, threshold: float | None = None) -> str:
         """`fake` at or above the threshold (the picture threshold unless another is given), else `real`."""
         return label_of(probability, self.threshold if threshold is None else threshold)
 
-    def crops(self, image: Image.Image) -> tuple[list[FaceBox], list[Image.Image]]:
-        """The face boxes of `image` and the crops the model scores (empty when faces are off or none found)."""
+    def faces(self, image: Image.Image) -> tuple[list[FaceBox], list[FaceBox]]:
+        """The faces of `image` to judge (largest first; the largest alone in `largest` mode) and those found
+        but too small to judge; both empty when faces are off."""
         if self.detector is None:
             return [], []
-        boxes = self.detector.detect(image)
-        if self.preset.mode == "largest":
-            boxes = boxes[:1]
+        found = self.detector.detect(image)
+        judged = [box for box in found if min(box.width, box.height) >= self.min_face_px]
+        small = [box for box in found if min(box.width, box.height) < self.min_face_px]
+        return (judged[:1] if self.preset.mode == "largest" else judged), small
+
+    def crops(self, image: Image.Image) -> tuple[list[FaceBox], list[Image.Image]]:
+        """The face boxes of `image` to judge and the crops the model scores (empty when faces are off or
+        none is found large enough)."""
+        boxes, _ = self.faces(image)
         return boxes, [crop_face(image, box, margin=self.preset.margin, crop_size=self.preset.crop_size)
                        for box in boxes]
 
-    def plan(self, pictures: list[Image.Image], frames: list[int | None] | None = None) -> Plan:
-        """What to score for each picture: its face crops, or the whole picture (faces off, or none found and
-        not skipped). The inputs of every picture go to the predictor in one batch."""
-        found = [self.crops(picture) for picture in pictures]
+    def plan(self, pictures: list[Image.Image], frames: list[int | None] | None = None, fps: float = 0.0) -> Plan:
+        """What to score for each picture: its face crops, or the whole picture when faces are off (a picture
+        with no face to judge has nothing). The inputs of every picture go to the predictor in one batch;
+        `frames` and `fps` (a video's) give each frame its index and time."""
+        found = [self.faces(picture) for picture in pictures]
         inputs: list[Image.Image] = []
-        for picture, (_, crops) in zip(pictures, found, strict=True):
-            if crops:
-                inputs += crops
-            elif not (self.detector is not None and self.skip_no_face):
+        for picture, (boxes, _) in zip(pictures, found, strict=True):
+            if self.detector is None:
                 inputs.append(picture)
-        return Plan(inputs, [boxes for boxes, _ in found], frames or [None] * len(pictures))
+            inputs += [crop_face(picture, box, margin=self.preset.margin, crop_size=self.preset.crop_size)
+                       for box in boxes]
+        return Plan(inputs, [boxes for boxes, _ in found], frames or [None] * len(pictures), fps,
+                    [len(small) for _, small in found])
 
     def assemble(self, plan: Plan, probabilities: Any) -> list[PictureVerdict]:
         """The pictures' verdicts from the probabilities of the plan's inputs, in order."""
         scores = iter(float(p) for p in probabilities)
+        too_small = plan.too_small or [0] * len(plan.boxes)
         verdicts = []
-        for boxes, frame in zip(plan.boxes, plan.frames, strict=True):
-            no_face = self.detector is not None and not boxes
-            if no_face and self.skip_no_face:
-                verdicts.append(PictureVerdict(float("nan"), "unscored", no_face=True, skipped=True, frame=frame))
-                continue
-            if not boxes:
+        for boxes, frame, small in zip(plan.boxes, plan.frames, too_small, strict=True):
+            time_s = round(frame / plan.fps, 3) if frame is not None and plan.fps > 0 else None
+            if self.detector is None:
                 p = next(scores)
-                verdicts.append(PictureVerdict(p, self.label(p), no_face=no_face, frame=frame))
-                continue
-            faces = []
-            for box in boxes:
-                p = next(scores)
-                faces.append(FaceVerdict(box.as_list(), float(box.score), p, self.label(p)))
-            top = max(face.fake_probability for face in faces)
-            verdicts.append(PictureVerdict(top, self.label(top), faces=faces, frame=frame))
+                verdicts.append(PictureVerdict(p, self.label(p), frame=frame, time_s=time_s))
+            elif not boxes:
+                verdicts.append(PictureVerdict(None, None, no_face=not small, reason=self._no_face_reason(small),
+                                               frame=frame, time_s=time_s))
+            else:
+                faces = []
+                for box in boxes:
+                    p = next(scores)
+                    faces.append(FaceVerdict(box.as_list(), float(box.score), p, self.label(p)))
+                top = max(face.fake_probability for face in faces)
+                verdicts.append(PictureVerdict(top, self.label(top), faces=faces, frame=frame, time_s=time_s))
         return verdicts
 
-    def score_pictures(self, pictures: list[Image.Image], frames: list[int | None] | None = None) -> list[PictureVerdict]:
+    def _no_face_reason(self, too_small: int) -> str:
+        if not too_small:
+            return "no face found: this model judges faces, so it gives no verdict on a picture without one"
+        return (f"{too_small} face(s) found, all smaller than {self.min_face_px:.0f} px on the short side (the model "
+                f"takes {self.choices.input_size} px faces; factor {self.choices.small_face_factor:g}): too small "
+                "to judge; send a larger or closer picture")
+
+    def score_pictures(self, pictures: list[Image.Image], frames: list[int | None] | None = None,
+                       fps: float = 0.0) -> list[PictureVerdict]:
         """Verdicts for several pictures, every crop (or whole picture) scored in one batch."""
-        plan = self.plan(pictures, frames)
+        plan = self.plan(pictures, frames, fps)
         return self.assemble(plan, self.predictor.predict_images(plan.inputs) if plan.inputs else [])
 
     def image_verdict(self, verdict: PictureVerdict, name: str | None = None) -> MediaVerdict:
         """A picture's verdict as the answer for an image."""
-        skipped = verdict.skipped
-        return MediaVerdict("image", None if skipped else verdict.fake_probability, None if skipped else verdict.label,
-                            self.threshold, faces=verdict.faces, no_face=verdict.no_face, name=name)
+        return MediaVerdict("image", verdict.fake_probability, verdict.label, self.threshold, faces=verdict.faces,
+                            no_face=verdict.no_face, name=name, reason=verdict.reason)
 
     def video_verdict(self, pictures: list[PictureVerdict], name: str | None = None) -> MediaVerdict:
-        """A video's verdict from its frames' verdicts: their mean, at the video threshold."""
-        scored = [p.fake_probability for p in pictures if not p.skipped]
+        """A video's verdict from its frames' verdicts: the mean of those that have one, at the video threshold;
+        not applicable when no frame decoded or none has a face to judge."""
+        scored = [p.fake_probability for p in pictures if p.fake_probability is not None]
         probability = float(np.mean(scored)) if scored else None
         label = None if probability is None else self.label(probability, self.video_threshold)
-        return MediaVerdict("video", probability, label, self.video_threshold, no_face=all(p.no_face for p in pictures),
-                            frames=pictures, name=name)
+        reason = None
+        if not pictures:
+            reason = "no frame of the video could be decoded"
+        elif probability is None:
+            reason = (f"none of the {len(pictures)} sampled frames has a face large enough to judge "
+                      f"(no face in {sum(p.no_face for p in pictures)})")
+        return MediaVerdict("video", probability, label, self.video_threshold,
+                            no_face=all(p.no_face for p in pictures), frames=pictures, name=name, reason=reason)
 
     def score_image(self, image: Image.Image, name: str | None = None) -> MediaVerdict:
         """One picture's verdict."""
         return self.image_verdict(self.score_pictures([image])[0], name)
 
-    def score_frames(self, frames: list[tuple[int, Image.Image]], name: str | None = None) -> MediaVerdict:
-        """A video's verdict from its sampled frames: the mean of the frames' verdicts."""
-        return self.video_verdict(self.score_pictures([image for _, image in frames], [i for i, _ in frames]), name)
+    def score_frames(self, frames: list[tuple[int, Image.Image]], name: str | None = None,
+                     fps: float = 0.0) -> MediaVerdict:
+        """A video's verdict from its sampled frames (and its frame rate, for their times)."""
+        return self.video_verdict(self.score_pictures([image for _, image in frames], [i for i, _ in frames], fps),
+                                  name)
 
     def score_path(self, path: str | Path) -> MediaVerdict:
         """An image or a video file (told apart by its extension)."""
         path = Path(path)
         if is_video_name(path):
-            frames = sample_frames(path, num_frames=self.num_frames, every=self.every, max_pixels=self.max_pixels)
-            return self.score_frames(frames, name=str(path))
+            video = sample_video(path, num_frames=self.num_frames, every=self.every, max_pixels=self.max_pixels)
+            return self.score_frames(video.frames, name=str(path), fps=video.fps)
         return self.score_image(load_image(path, max_pixels=self.max_pixels), name=str(path))
 
     def score_video_bytes(self, data: bytes, suffix: str, *, max_duration_s: float | None = None,
                           name: str | None = None) -> MediaVerdict:
         """An uploaded video's verdict (its frames decoded from a temporary file)."""
-        frames = sample_frames_from_bytes(data, suffix, num_frames=self.num_frames, every=self.every,
-                                          max_pixels=self.max_pixels, max_duration_s=max_duration_s)
-        return self.score_frames(frames, name=name)
+        video = sample_video_from_bytes(data, suffix, num_frames=self.num_frames, every=self.every,
+                                        max_pixels=self.max_pixels, max_duration_s=max_duration_s)
+        return self.score_frames(video.frames, name=name, fps=video.fps)
 
 
 def _face_preset(recorded: FacePreset, faces: FacePreset | dict[str, Any] | str) -> FacePreset:

@@ -5,9 +5,12 @@
     python experiments/predict.py photo.jpg --faces all --explain heatmaps/
     python experiments/predict.py clip.mp4 --num-frames 8 --checkpoint artifacts/ensemble.pth
 
-Each face gets its box and fake probability; an image's verdict is its most suspicious face (a picture
-with no face says `no_face: true` and is scored whole, unless --skip-no-face); a video's is the mean of
-its sampled frames' verdicts (32 frames, evenly spaced, unless the checkpoint records another sampling).
+Each face gets its box and fake probability; an image's verdict is its most suspicious face; a video's is
+the mean of its sampled frames' verdicts (32 frames, evenly spaced, unless the checkpoint records another
+sampling), each frame with its index and time. A model that judges faces says `not_applicable`, with the
+reason and no label, for a picture without a face, with faces all smaller than its input size divided by
+--small-face-factor (4), or a video without a frame to judge. A C2PA manifest in the file (content
+credentials) is reported beside the verdict (`credentials`), never blended into it.
 Labels use the checkpoint's thresholds, chosen on validation (for videos, on validation videos when
 training had them). --faces defaults to the face preset the checkpoint was trained with (whole images for a
 model trained on whole images). Every default is the checkpoint's scoring choice (media.scoring_choices),
@@ -24,12 +27,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deepfake_platform.credentials import describe_credentials, read_credentials_path
 from deepfake_platform.data.images import is_image_name
 from deepfake_platform.data.video import DEFAULT_NUM_FRAMES, is_video_name
 from deepfake_platform.ensemble import load_predictor
 from deepfake_platform.errors import MissingInput
 from deepfake_platform.files import write_atomic, write_text_atomic
-from deepfake_platform.media import MediaScorer, explain_picture, file_choices
+from deepfake_platform.media import NOT_APPLICABLE, MediaScorer, explain_picture, file_choices
 from deepfake_platform.orchestration.cli import run_command
 from deepfake_platform.reporting import write_json
 
@@ -38,22 +42,26 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     files = expand(args.paths)
     # Unset flags keep the checkpoint's choices, the ones score.py, evaluation and the server use too.
     choices = file_choices(args.checkpoint, faces=args.faces, num_frames=args.num_frames, every=args.every,
-                           skip_no_face=args.skip_no_face or None, precision=args.precision)
+                           small_face_factor=args.small_face_factor, precision=args.precision)
     scorer = MediaScorer(load_predictor(args.checkpoint, choices.precision), choices)
     print(f"{scorer.predictor.info.name} ({args.checkpoint}), faces {scorer.preset.mode}"
           + (f" ({scorer.preset.detector}, margin {scorer.preset.margin:g})" if scorer.preset.mode != "off" else "")
           + f", threshold {scorer.threshold:.4f}; {len(files)} file(s).", file=sys.stderr, flush=True)
     results = []
     for path in progress(files):
+        credentials = read_credentials_path(path)
         try:
             verdict = scorer.score_path(path)
-            result = {"path": str(path), **verdict.to_dict(), "error": None}
-            if args.explain and verdict.kind == "image":
+            result = {"path": str(path), **verdict.to_dict(), "credentials": credentials, "error": None}
+            if args.explain and verdict.kind == "image" and verdict.verdict != NOT_APPLICABLE:
                 result["explanations"] = write_explanations(scorer, path, Path(args.explain))
         except ValueError as err:  # unreadable media, bad frames: named, the others still scored
-            result = {"path": str(path), "kind": "video" if is_video_name(path) else "image", "error": str(err)}
+            result = {"path": str(path), "kind": "video" if is_video_name(path) else "image",
+                      "credentials": credentials, "error": str(err)}
         results.append(result)
         print(describe(result))
+        if credentials["present"]:
+            print(f"  {describe_credentials(credentials)}")
     if args.json:
         write_json(args.json, results)
     if args.csv:
@@ -89,13 +97,14 @@ def describe(result: dict[str, Any]) -> str:
     """One line per file."""
     if result["error"]:
         return f"{result['path']}: error: {result['error']}"
-    if result["fake_probability"] is None:
-        return f"{result['path']}: no face found (skipped)"
+    if result["verdict"] == NOT_APPLICABLE:
+        return f"{result['path']}: not applicable: {result['reason']}"
     head = f"{result['path']}: {result['label']} {result['fake_probability']:.4f} (threshold {result['threshold']:.4f})"
     if result["kind"] == "video":
-        return head + f", mean of {len(result['frames'])} frames" + (", no face in any" if result["no_face"] else "")
-    if result["no_face"]:
-        return head + ", no face found: the whole image was scored"
+        judged = [frame for frame in result["frames"] if frame["verdict"] != NOT_APPLICABLE]
+        return head + f", mean of {len(judged)} of {len(result['frames'])} frames" + (
+            f" ({len(result['frames']) - len(judged)} without a face to judge)" if len(judged) < len(result["frames"])
+            else "")
     if not result["faces"]:  # faces off: the model judges whole images
         return head + ", whole image"
     faces = "; ".join(f"{face['box']} {face['fake_probability']:.4f}" for face in result["faces"])
@@ -115,8 +124,8 @@ def write_explanations(scorer: MediaScorer, path: Path, folder: Path) -> list[st
     return written
 
 
-CSV_COLUMNS = ("path", "kind", "fake_probability", "label", "threshold", "no_face", "frame", "face", "x", "y", "width",
-               "height", "face_fake_probability", "error")
+CSV_COLUMNS = ("path", "kind", "verdict", "reason", "fake_probability", "label", "threshold", "no_face", "frame",
+               "time_s", "face", "x", "y", "width", "height", "face_fake_probability", "error")
 
 
 def write_csv(path: str, results: list[dict[str, Any]]) -> None:
@@ -125,12 +134,12 @@ def write_csv(path: str, results: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for result in results:
-        base = {key: result.get(key) for key in ("path", "kind", "fake_probability", "label", "threshold",
-                                                 "no_face", "error")}
-        pictures = result.get("frames") or ([{"frame": None, "faces": result.get("faces", [])}]
+        base = {key: result.get(key) for key in ("path", "kind", "verdict", "reason", "fake_probability", "label",
+                                                 "threshold", "no_face", "error")}
+        pictures = result.get("frames") or ([{"frame": None, "time_s": None, "faces": result.get("faces", [])}]
                                             if not result["error"] else [])
-        rows = [{**base, "frame": picture["frame"], "face": index, **dict(zip(("x", "y", "width", "height"),
-                                                                              face["box"], strict=True)),
+        rows = [{**base, "frame": picture["frame"], "time_s": picture["time_s"], "face": index,
+                 **dict(zip(("x", "y", "width", "height"), face["box"], strict=True)),
                  "face_fake_probability": face["fake_probability"]}
                 for picture in pictures for index, face in enumerate(picture["faces"])]
         writer.writerows(rows or [base])
@@ -143,7 +152,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default="artifacts/best.pth", help="a checkpoint or an ensemble spec")
     parser.add_argument("--faces", choices=["off", "largest", "all"],
                         help="faces to score (default: as the checkpoint was trained)")
-    parser.add_argument("--skip-no-face", action="store_true", help="do not score pictures without a face")
+    parser.add_argument("--small-face-factor", type=float,
+                        help="faces whose short side is under the model's input size divided by this are too small to "
+                             "judge (default 4)")
     parser.add_argument("--num-frames", type=int,
                         help=f"frames per video, evenly spaced (default: as the checkpoint records, else {DEFAULT_NUM_FRAMES})")
     parser.add_argument("--every", type=int, help="instead: every k-th frame")

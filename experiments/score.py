@@ -7,9 +7,10 @@
 
 Decoding and face cropping run as Ray Data CPU tasks, the model in an actor pool sized from the cluster
 (one actor per node, or per GPU with --use-gpu), through the same preprocessing and predict path as
-predict.py, evaluation and the server. Each row: path, kind (image or video), fake_probability, label
-(at the checkpoint's threshold), threshold, no_face, faces (JSON: box, fake_probability, label), error
-(for a file that could not be read), model and model_sha256. The face preset, frames per video, thresholds
+predict.py, evaluation and the server. Each row: path, kind (image or video), verdict (fake, real, or
+not_applicable for a file a face model cannot judge: no face, faces too small, no frame with a face),
+reason (why not applicable), fake_probability, label (at the checkpoint's threshold), threshold, no_face,
+faces (JSON: box, fake_probability, label), error (for a file that could not be read), model and model_sha256. The face preset, frames per video, thresholds
 and precision are the checkpoint's scoring choices, as in predict.py, evaluate.py and the server (the flags
 override them). Rerun the same command to continue: files already in --out are skipped.
 """
@@ -33,7 +34,7 @@ def main(args: argparse.Namespace) -> ScoringSummary:
     print(f"Scoring {len(inputs)} file(s) with {args.checkpoint} into {args.out}.", flush=True)
     summary = run_scoring(inputs, args.out, args.checkpoint, batch_size=args.batch_size, precision=args.precision,
                           use_gpu=args.use_gpu, faces=args.faces, num_frames=args.num_frames, every=args.every,
-                          skip_no_face=args.skip_no_face or None, verbose=args.verbose)
+                          small_face_factor=args.small_face_factor, verbose=args.verbose)
     print(summary.render())
     return summary
 
@@ -52,7 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-frames", type=int,
                         help=f"frames per video, evenly spaced (default: as the checkpoint records, else {DEFAULT_NUM_FRAMES})")
     parser.add_argument("--every", type=int, help="instead: every k-th frame")
-    parser.add_argument("--skip-no-face", action="store_true", help="leave pictures without a face unscored")
+    parser.add_argument("--small-face-factor", type=float,
+                        help="faces whose short side is under the model's input size divided by this are too small to "
+                             "judge (default 4)")
     add_verbose_flag(parser)
     return parser
 

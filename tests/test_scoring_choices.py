@@ -50,7 +50,8 @@ def test_a_detector_is_scored_as_its_record_says(files):
     choices = file_choices(files["faces"])
     assert choices.faces.model_dump() == {**choices.faces.model_dump(), **FACES}
     assert (choices.threshold, choices.video_threshold) == (0.4, 0.6)
-    assert (choices.num_frames, choices.every, choices.skip_no_face) == (DEFAULT_NUM_FRAMES, 0, False)
+    assert (choices.num_frames, choices.every, choices.small_face_factor) == (DEFAULT_NUM_FRAMES, 0, 4.0)
+    assert choices.input_size == 64 and choices.min_face_px == 16.0  # hybrid_tiny takes 64 px pictures
     assert choices.precision == DEFAULT_PRECISION
     whole = file_choices(files["whole"])
     assert whole.faces.mode == "off" and whole.video_threshold == whole.threshold == 0.3  # no video threshold

@@ -6,6 +6,7 @@ container and codec it reads works (MP4/MOV/M4V, AVI, MKV, WebM).
 
     frames = sample_frames("clip.mp4", num_frames=8)          # [(frame index, RGB PIL image), ...]
     frames = sample_frames_from_bytes(upload, ".mp4", max_duration_s=60)
+    video = sample_video("clip.mp4", num_frames=8)            # video.frames, and video.fps for the frames' times
 """
 
 from __future__ import annotations
@@ -103,6 +104,14 @@ def frame_indices(total: int, *, num_frames: int = DEFAULT_NUM_FRAMES, every: in
     return np.unique(np.linspace(0, total - 1, num_frames, dtype=int)).tolist()
 
 
+@dataclass(frozen=True)
+class SampledVideo:
+    """The frames sampled from a video, and its frame rate (0.0 when the container records none)."""
+
+    frames: list[tuple[int, Image.Image]]
+    fps: float
+
+
 def sample_frames(path: str | Path, *, num_frames: int = DEFAULT_NUM_FRAMES, every: int = 0,
                   max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int | None = None,
                   max_duration_s: float | None = None) -> list[tuple[int, Image.Image]]:
@@ -112,12 +121,22 @@ def sample_frames(path: str | Path, *, num_frames: int = DEFAULT_NUM_FRAMES, eve
     `max_duration_s` refuses a longer video with BadVideoError. Frames that fail to decode part-way
     through (a cut-off file, a frame count the container overstates) are skipped.
     """
-    return _sample(Path(path), str(path), num_frames=num_frames, every=every, max_pixels=max_pixels,
-                   max_frames=max_frames, max_duration_s=max_duration_s)
+    return sample_video(path, num_frames=num_frames, every=every, max_pixels=max_pixels, max_frames=max_frames,
+                        max_duration_s=max_duration_s).frames
+
+
+def sample_video(path: str | Path, **kwargs: Any) -> SampledVideo:
+    """`sample_frames` with the video's frame rate, which gives each frame its time (index / fps)."""
+    return _sample(Path(path), str(path), **kwargs)
 
 
 def sample_frames_from_bytes(data: bytes, suffix: str, **kwargs: Any) -> list[tuple[int, Image.Image]]:
     """`sample_frames` on an uploaded file's bytes; `suffix` is its extension, e.g. ".mp4"."""
+    return sample_video_from_bytes(data, suffix, **kwargs).frames
+
+
+def sample_video_from_bytes(data: bytes, suffix: str, **kwargs: Any) -> SampledVideo:
+    """`sample_video` on an uploaded file's bytes; `suffix` is its extension, e.g. ".mp4"."""
     suffix = suffix.lower() if suffix.startswith(".") else f".{suffix.lower()}"
     if suffix not in VIDEO_EXTENSIONS:
         raise BadVideoError(_UPLOAD_NAME, f"has the extension {suffix!r}; send one of "
@@ -234,7 +253,7 @@ def _count_frames(capture: cv2.VideoCapture) -> int:
 
 def _sample(path: Path, name: str, *, num_frames: int = DEFAULT_NUM_FRAMES, every: int = 0,
             max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int | None = None,
-            max_duration_s: float | None = None) -> list[tuple[int, Image.Image]]:
+            max_duration_s: float | None = None) -> SampledVideo:
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames is {max_frames}; allow at least 1 frame, or pass None for no limit.")
     capture, info, first = _open(path, name, max_pixels)
@@ -244,7 +263,7 @@ def _sample(path: Path, name: str, *, num_frames: int = DEFAULT_NUM_FRAMES, ever
         if max_frames is not None and every == 0:
             num_frames = min(num_frames, max_frames)
         indices = frame_indices(info.frames, num_frames=num_frames, every=every)[:max_frames]
-        return _read_frames(capture, indices, first)
+        return SampledVideo(_read_frames(capture, indices, first), info.fps)
     finally:
         capture.release()
 

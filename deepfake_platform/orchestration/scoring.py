@@ -4,8 +4,8 @@ Read top to bottom: which files (`list_inputs`: a folder tree, a glob, or a text
 the CPU stage (`Prepare`: decode, crop faces as the model was trained, and for a single detector apply
 the eval preset's geometry, so only model-sized uint8 pictures travel), the model stage (`Score`: an
 actor pool holding the model, the one predict path), then `run_scoring`, which skips files already in the
-output, writes the rows (path, fake_probability, label, faces, the model's sha256, or the error of a file
-that could not be read) and returns a summary. Ray lines are marked `# ray:`.
+output, writes the rows (path, verdict, fake_probability, label, faces, the model's sha256; the reason of a
+file the model cannot judge, or the error of a file that could not be read) and returns a summary. Ray lines are marked `# ray:`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ from deepfake_platform.errors import InvalidInput, MissingInput
 from deepfake_platform.files import write_to_path_atomic
 from deepfake_platform.media import ScoringChoices, file_choices
 
-COLUMNS = ("path", "kind", "fake_probability", "label", "threshold", "no_face", "faces", "error", "model",
-           "model_sha256")
+COLUMNS = ("path", "kind", "verdict", "reason", "fake_probability", "label", "threshold", "no_face", "faces", "error",
+           "model", "model_sha256")
 SCHEMA = pa.schema([
-    ("path", pa.string()), ("kind", pa.string()), ("fake_probability", pa.float64()), ("label", pa.string()),
+    ("path", pa.string()), ("kind", pa.string()), ("verdict", pa.string()), ("reason", pa.string()),
+    ("fake_probability", pa.float64()), ("label", pa.string()),
     ("threshold", pa.float64()), ("no_face", pa.bool_()), ("faces", pa.string()), ("error", pa.string()),
     ("model", pa.string()), ("model_sha256", pa.string()),
 ])
@@ -81,7 +82,7 @@ def prepare(batch: dict[str, np.ndarray], *, choices: ScoringChoices, image_size
     preset's geometry, so model-sized uint8 pictures travel to the model stage."""
     from deepfake_platform.data.images import load_image
     from deepfake_platform.data.transforms import build_transform
-    from deepfake_platform.data.video import sample_frames
+    from deepfake_platform.data.video import SampledVideo, sample_video
     from deepfake_platform.media import MediaScorer
 
     scorer = MediaScorer(None, choices)
@@ -91,9 +92,9 @@ def prepare(batch: dict[str, np.ndarray], *, choices: ScoringChoices, image_size
         path = str(path)
         kind = "video" if is_video_name(path) else "image"
         try:
-            frames = (sample_frames(path, num_frames=choices.num_frames, every=choices.every) if kind == "video"
-                      else [(None, load_image(path))])
-            plan = scorer.plan([image for _, image in frames], [index for index, _ in frames])
+            video = (sample_video(path, num_frames=choices.num_frames, every=choices.every) if kind == "video"
+                     else SampledVideo([(None, load_image(path))], 0.0))
+            plan = scorer.plan([image for _, image in video.frames], [index for index, _ in video.frames], video.fps)
             pictures = [_pack(np.asarray(transform.geometry(p) if transform else p.convert("RGB")))
                         for p in plan.inputs]
             error = ""
@@ -143,6 +144,8 @@ class Score:
                            else self.scorer.image_verdict(pictures_verdicts[0]))
             out["path"].append(str(path))
             out["kind"].append(str(kind))
+            out["verdict"].append(verdict.verdict if verdict else None)
+            out["reason"].append(verdict.reason if verdict else None)
             out["fake_probability"].append(verdict.fake_probability if verdict else None)
             out["label"].append(verdict.label if verdict else None)
             out["threshold"].append(verdict.threshold if verdict else None)
@@ -169,7 +172,7 @@ def _plan_json(plan: Any) -> str:
     if plan is None:
         return ""
     return json.dumps({"boxes": [[[b.x, b.y, b.width, b.height, b.score] for b in boxes] for boxes in plan.boxes],
-                       "frames": plan.frames})
+                       "frames": plan.frames, "fps": plan.fps, "too_small": plan.too_small})
 
 
 def _plan_from_json(text: str, count: int):
@@ -178,7 +181,7 @@ def _plan_from_json(text: str, count: int):
 
     data = json.loads(text)
     boxes = [[FaceBox(int(x), int(y), int(w), int(h), float(s)) for x, y, w, h, s in group] for group in data["boxes"]]
-    return Plan([None] * count, boxes, data["frames"])
+    return Plan([None] * count, boxes, data["frames"], data["fps"], data["too_small"])
 
 
 def _object_array(values: list) -> np.ndarray:
@@ -200,6 +203,7 @@ class ScoringSummary:
     scored: int
     unreadable: int
     fake: int
+    not_applicable: int
     seconds: float
     actors: int
 
@@ -208,7 +212,7 @@ class ScoringSummary:
         rate = self.scored / max(self.seconds, 1e-9)
         return (f"{self.listed} file(s): {self.scored} scored now ({rate:.1f} files/s with {self.actors} model "
                 f"actor(s)), {self.already_scored} scored before, {self.unreadable} unreadable (listed with their "
-                f"error), {self.fake} labelled fake. Output: {self.out}")
+                f"error), {self.fake} labelled fake, {self.not_applicable} not applicable. Output: {self.out}")
 
 
 def pool_size(cpus_per_node: list[float], use_gpu: bool, gpus: float) -> tuple[int, float]:
@@ -225,11 +229,11 @@ def pool_size(cpus_per_node: list[float], use_gpu: bool, gpus: float) -> tuple[i
 
 def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, batch_size: int = 16,
                 use_gpu: bool = False, precision: str | None = None, faces: str | None = None,
-                num_frames: int | None = None, every: int | None = None, skip_no_face: bool | None = None,
+                num_frames: int | None = None, every: int | None = None, small_face_factor: float | None = None,
                 verbose: bool = False) -> ScoringSummary:
     """Score every file of `inputs` not yet in `out` (a Parquet file) and write them all there, with the
-    model's scoring choices (`media.scoring_choices`); precision, faces, num_frames, every and skip_no_face
-    override single ones when not None."""
+    model's scoring choices (`media.scoring_choices`); precision, faces, num_frames, every and
+    small_face_factor override single ones when not None."""
     import logging
 
     import ray  # ray:
@@ -242,7 +246,7 @@ def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, b
     checkpoint = str(Path(checkpoint).expanduser().resolve())
     # Read once in the driver: a missing or unsafe model is a sentence before anything starts.
     choices = file_choices(checkpoint, precision=precision, faces=faces, num_frames=num_frames, every=every,
-                           skip_no_face=skip_no_face)
+                           small_face_factor=small_face_factor)
     previous = pq.read_table(out).to_pylist() if out.is_file() else []
     done = {row["path"] for row in previous}
     todo = [path for path in inputs if path not in done]
@@ -270,6 +274,7 @@ def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, b
     return ScoringSummary(out=out, listed=len(inputs), already_scored=len(inputs) - len(todo), scored=len(rows),
                           unreadable=sum(1 for row in rows if row["error"]),
                           fake=sum(1 for row in rows if row["label"] == "fake"),
+                          not_applicable=sum(1 for row in rows if row["verdict"] == "not_applicable"),
                           seconds=time.perf_counter() - started, actors=actors)
 
 
