@@ -20,6 +20,7 @@ from deepfake_platform.data import load_image, load_split
 from deepfake_platform.evaluation import calibrate_checkpoint, calibration_results, evaluate_record
 from deepfake_platform.media import scoring_choices
 from deepfake_platform.metrics import error_rates
+from deepfake_platform.orchestration.report import render_calibration
 from deepfake_platform.predict import Predictor
 from tests.factories import tiny_checkpoint, tiny_record
 
@@ -112,6 +113,8 @@ def test_a_real_tiny_checkpoint_is_calibrated_on_validation_and_every_door_uses_
     results = calibration_results(calibrated, test)
     assert results["test"]["ece_after"] < results["test"]["ece_before"]
     assert set(results["operating_points"]["high_precision"]) >= {"threshold", "test_fpr", "test_fnr"}
+    section = "\n".join(render_calibration(results))
+    assert "## Calibration and operating points" in section and "| high_precision | FPR <= 0.01 |" in section
     plot = plot_reliability([("before", test["labels"], expit(test["logits"])), ("after", test["labels"], test["scores"])],
                             tmp_path / "reliability.png", "reliability")
     assert plot.stat().st_size > 1000

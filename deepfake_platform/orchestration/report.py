@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from deepfake_platform.calibration import BINS, plot_reliability
 from deepfake_platform.reporting import cell, plot_roc, write_json, write_text_atomic
 from models import format_parameter_table
 
 SECTIONS = (
     "## Best model",
     "## Test metrics",
+    "## Calibration and operating points",
     "## Training by epoch",
     "## Architecture and parameters",
     "## Hyperparameters",
@@ -89,8 +91,10 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "scored by the mean of its frames' fake probabilities (DeepfakeBench's video AUC), labelled at "
                   "the threshold chosen on validation videos.", "", render_metrics_table(metrics), ""]
 
+    lines += render_calibration(results.get("calibration"))
+
     per_video = any("val_video_auc" in row for row in history)
-    lines += [SECTIONS[2], "", "| epoch | train loss | val loss | val AUC |" + (" val video AUC |" if per_video else "")
+    lines += [SECTIONS[3], "", "| epoch | train loss | val loss | val AUC |" + (" val video AUC |" if per_video else "")
               + " images/s | time (s) | best |", "|" + " --- |" * (7 + per_video)]
     for row in history:
         mark = "**best**" if int(row["epoch"]) == int(best["epoch"]) else ""
@@ -101,7 +105,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         )
     lines += ["", "![Training curves](training_curves.png)", ""]
 
-    lines += [SECTIONS[3], "", f"Detector `{results['detector']}` with arguments `{json.dumps(results['detector_kwargs'])}`.", ""]
+    lines += [SECTIONS[4], "", f"Detector `{results['detector']}` with arguments `{json.dumps(results['detector_kwargs'])}`.", ""]
     if "modules" in params:
         lines += [format_parameter_table(params)]
     else:
@@ -109,7 +113,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"| {key} | {params[key]:,} |" for key in ("total", "trainable", "frozen")]
 
     train = config["train"]
-    lines += ["", SECTIONS[4], "", "| hyperparameter | value |", "| --- | --- |"]
+    lines += ["", SECTIONS[5], "", "| hyperparameter | value |", "| --- | --- |"]
     lines += [
         f"| optimizer | Adam (lr {train['lr']:g}, weight decay {train['weight_decay']:g}) |",
         "| loss | BCEWithLogits |",
@@ -123,7 +127,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"| seed | {train['seed']} |",
     ]
 
-    lines += ["", SECTIONS[5], "", "| item | value |", "| --- | --- |"]
+    lines += ["", SECTIONS[6], "", "| item | value |", "| --- | --- |"]
     for key in ("device", "cpu", "logical_cpus", "num_workers", "cpus_per_worker", "threads_per_worker", "precision",
                 "python", "torch", "ray"):
         lines.append(f"| {key} | {hardware.get(key)} |")
@@ -134,11 +138,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         if per_epoch else "| time per epoch | n/a |",
     ]
 
-    lines += ["", SECTIONS[6], ""]
+    lines += ["", SECTIONS[7], ""]
     lines += [f"- `{name}`" for name in results["checkpoints"]]
 
     lines += [
-        "", SECTIONS[7], "",
+        "", SECTIONS[8], "",
         "```python",
         "from deepfake_platform.checkpoints import build_model, read_checkpoint",
         "",
@@ -152,6 +156,37 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_calibration(calibration: dict[str, Any] | None) -> list[str]:
+    """The calibration section: the method, ECE before and after (validation, where it was fitted, and test),
+    the reliability diagram, and each operating point's threshold with its rates on validation and test."""
+    lines = [SECTIONS[2], ""]
+    if not calibration or calibration.get("method", "identity") == "identity":
+        return lines + ["No calibration recorded: probabilities are the plain sigmoid of the logit.", ""]
+    method = calibration["method"] + (f" (T = {calibration['temperature']:.4f})"
+                                      if calibration["method"] == "temperature" else "")
+    val, test = calibration.get("val", {}), calibration.get("test", {})
+    lines += [f"Fitted on the validation split ({val.get('images', 'n/a')} images): {method}. Every probability "
+              "below and every threshold is on the calibrated scale. Expected calibration error: positive-class "
+              f"variant, {BINS} equal-width bins (share-weighted |fake rate - mean fake probability|).", "",
+              "| split | ECE before | ECE after |", "| --- | --- | --- |",
+              f"| validation (fitted on) | {cell(val.get('ece_before'))} | {cell(val.get('ece_after'))} |",
+              f"| test | {cell(test.get('ece_before'))} | {cell(test.get('ece_after'))} |", "",
+              "![Reliability on test, before and after](reliability_test.png)", ""]
+    points = calibration.get("operating_points") or {}
+    if points:
+        lines += ["Operating points, chosen on validation (`--operating-point NAME`):", "",
+                  "| operating point | target | threshold | val FPR | val FNR | test FPR | test FNR | test accuracy |",
+                  "|" + " --- |" * 8]
+        for name, point in points.items():
+            target = (f"FPR <= {point['target_fpr']:g}" if "target_fpr" in point
+                      else f"FNR <= {point['target_fnr']:g}" if "target_fnr" in point else "Youden's J")
+            lines.append(f"| {name} | {target} | {cell(point['threshold'])} | {cell(point.get('val_fpr'))} | "
+                         f"{cell(point.get('val_fnr'))} | {cell(point.get('test_fpr'))} | {cell(point.get('test_fnr'))} | "
+                         f"{cell(point.get('test_accuracy'))} |")
+        lines.append("")
+    return lines
 
 
 def plot_training_curves(history: list[dict[str, float]], path: Path) -> Path:
@@ -182,5 +217,9 @@ def write_report(results: dict[str, Any], run_dir: Path) -> Path:
     plot_roc([("detector", np.asarray(test["labels"]), np.asarray(test["scores"]))], run_dir / "roc_test.png",
              "ROC on test")
     plot_training_curves(results["history"], run_dir / "training_curves.png")
+    if "logits" in test and (results.get("calibration") or {}).get("method", "identity") != "identity":
+        plot_reliability([("before (sigmoid)", test["labels"], 1.0 / (1.0 + np.exp(-np.asarray(test["logits"])))),
+                          ("after", test["labels"], test["scores"])], run_dir / "reliability_test.png",
+                         "Reliability on test")
     write_json(run_dir / "results.json", results)
     return write_text_atomic(run_dir / "RESULTS.md", render_markdown(results))
