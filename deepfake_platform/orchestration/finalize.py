@@ -14,7 +14,7 @@ from deepfake_platform.checkpoints import (
     write_checkpoint,
 )
 from deepfake_platform.config import save_config
-from deepfake_platform.evaluation import evaluate_record
+from deepfake_platform.evaluation import calibrate_checkpoint, calibration_results, evaluate_record
 from deepfake_platform.hardware import machine_summary
 from deepfake_platform.orchestration.report import write_report
 from deepfake_platform.orchestration.train import TrainingOutcome
@@ -24,7 +24,8 @@ from deepfake_platform.reporting import write_json
 def finalize_run(outcome: TrainingOutcome, data_root: Path, *, promote_best: bool = True) -> Path:
     """Evaluate the best checkpoint on test, write runs/<run>/RESULTS.md and friends, promote; the report's path."""
     config, paths = outcome.config, outcome.paths
-    best = read_checkpoint(outcome.best_checkpoint, DetectorCheckpoint)
+    # Calibration and operating points fitted on validation and written into best.pth before anything uses it.
+    best = calibrate_checkpoint(outcome.best_checkpoint, data_root)
     test = evaluate_record(best, outcome.best_checkpoint, data_root, "test")
     checkpoints = sorted(p.name for p in paths.checkpoints.glob("*.pth"))  # the epochs and best.pth
     results: dict[str, Any] = {
@@ -40,6 +41,7 @@ def finalize_run(outcome: TrainingOutcome, data_root: Path, *, promote_best: boo
                  "checkpoint": str(outcome.best_checkpoint), "video": best.video},
         "faces": best.faces,
         "test": test,
+        "calibration": calibration_results(best, test),
         "history": _full_history(paths.checkpoints, best.history),
         "parameters": describe_parameters(best),
         "hardware": machine_summary(
