@@ -1,6 +1,7 @@
 """The promotion rule: the fine-tuned model replaces the original only when it answers the held-back feedback
-better (more right at its threshold; at a tie, a lower log loss) and its validation AUC is at most `margin`
-below the original's."""
+better (more right at its threshold; at a tie, a lower log loss), its validation AUC is at most `margin`
+below the original's and, when asked, its worst AUC under perturbations (the robustness report) is at least
+`min_robust_auc`."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from typing import Any
 _UNCHANGED = 5e-5
 
 
-def decide(before: dict[str, Any], after: dict[str, Any], margin: float) -> tuple[bool, str]:
+def decide(before: dict[str, Any], after: dict[str, Any], margin: float,
+           min_robust_auc: float | None = None) -> tuple[bool, str]:
     """Whether the fine-tuned model replaces the original, and the sentence that says why.
 
     `before` / `after`: {"feedback": judge_on_feedback(...), "val_auc": float}. Better on feedback means
     more held-back images answered right, or as many with a lower log loss; the validation AUC may fall by
-    at most `margin`.
+    at most `margin`; with `min_robust_auc`, `after["robust_auc"]` (the robustness report's worst-case AUC) must
+    reach it.
     """
     fb_before, fb_after = before["feedback"], after["feedback"]
     drop = before["val_auc"] - after["val_auc"]
@@ -32,6 +35,9 @@ def decide(before: dict[str, Any], after: dict[str, Any], margin: float) -> tupl
     if drop > margin + 1e-12:
         return False, (f"Kept the original: {better}, but its validation AUC fell by {drop:.4f} "
                        f"({before['val_auc']:.4f} to {after['val_auc']:.4f}), more than the margin {margin:g}.")
+    if min_robust_auc is not None and not after["robust_auc"] >= min_robust_auc:  # NaN fails too
+        return False, (f"Kept the original: {better}, but its worst AUC under perturbations is {after['robust_auc']:.4f} "
+                       f"({after.get('robust_condition')}), below the required {min_robust_auc:g}.")
     change = ("is unchanged" if abs(drop) < _UNCHANGED else f"rose by {-drop:.4f}" if drop < 0
               else f"fell by {drop:.4f}, within the margin {margin:g}")
     return True, (f"Promoted the fine-tuned model: {better}, and its validation AUC {change} "
