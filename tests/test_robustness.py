@@ -42,3 +42,14 @@ def test_evaluate_robustness_writes_a_row_per_condition_the_json_and_the_plot(da
     markdown = (tmp_path / "report" / "ROBUSTNESS.md").read_text()
     assert all(f"| {name} |" in markdown for name in names)
     assert json.loads((tmp_path / "metrics.json").read_text())["robustness"]["worst_condition"] == report["worst_condition"]
+
+
+def test_fine_tuning_can_require_a_worst_case_auc_under_perturbations():
+    from deepfake_platform.fine_tuning.decision import decide
+
+    before = {"feedback": {"correct": 1, "images": 3, "log_loss": 0.9}, "val_auc": 0.8}
+    after = {"feedback": {"correct": 2, "images": 3, "log_loss": 0.5}, "val_auc": 0.8, "robust_auc": 0.6,
+             "robust_condition": "jpeg_30"}
+    kept, reason = decide(before, after, 0.01, min_robust_auc=0.7)
+    assert not kept and "worst AUC under perturbations is 0.6000 (jpeg_30), below the required 0.7" in reason
+    assert decide(before, after, 0.01, min_robust_auc=0.5)[0] and decide(before, after, 0.01)[0]
