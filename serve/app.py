@@ -73,9 +73,16 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         detectors = {m.name: Detector.options(name=f"Detector_{m.name}").bind(m.path, **batching) for m in spec.members}
         combiner = spec.combiner.to_dict()
         model = {"name": spec.name, "checkpoint": path.name, "sha256": file_sha256(path)}
+        challengers = None
     else:
         name = safe_name(record.detector if isinstance(record, DetectorCheckpoint) else record.kind)
-        detectors = {name: Detector.bind(str(path), **batching)}
+        # The champion follows the registry's serving state (promote, rollback: no restart); with the state
+        # file present at start, a second deployment holds the challenger on trial (shadow or canary).
+        following = {"state": settings.serving_state, "poll_s": settings.state_poll_s}
+        detectors = {name: Detector.bind(str(path), **batching, role="champion", **following)}
+        challengers = ({name: Detector.options(name="Detector_challenger").bind(
+                            str(path), **batching, role="challenger", **following)}
+                       if settings.serving_state and Path(settings.serving_state).is_file() else None)
         combiner, model = Combiner("mean").to_dict(), None  # a single detector names itself once loaded
     records = member_records(path, record)  # the detectors' own, in the order of `detectors`
     # Faces cropped and thresholds as the model's records say (as predict.py and score.py do); args.faces
@@ -88,4 +95,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         # Drift is measured against the validation scores the deployed model (or ensemble) recorded.
         reference=reference_scores(record.val_scores),
         auth_required=bool(os.environ.get(settings.token_env)),
+        challengers=challengers,
     )

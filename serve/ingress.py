@@ -10,6 +10,7 @@ combiner, the verdicts (`MediaScorer.assemble`), and the answer recorded by the 
 # No `from __future__ import annotations` here: FastAPI must see the real `Request` annotations on the
 # methods Serve's ingress wraps, or it reads `request` as a query parameter.
 import asyncio
+import datetime as dt
 import hmac
 import logging
 import os
@@ -31,6 +32,7 @@ from deepfake_platform.feedback import FeedbackStore
 from deepfake_platform.media import MediaScorer, ScoringChoices
 from serve import observability
 from serve.errors import APIError, add_error_handlers
+from serve.lifecycle import Arm, ChallengerTrial, ModelNotReady
 from serve.observability import Observer
 from serve.schemas import BATCH_BODY, ERRORS, FEEDBACK_BODY, IMAGE_BODY, Prediction
 from serve.settings import AppArgs
@@ -48,6 +50,21 @@ api = FastAPI(
 add_error_handlers(api)
 
 
+# Helpers above the class: Serve pickles the ingress class with the module globals defined before it.
+def _summary(answer: dict[str, Any] | None) -> dict[str, Any] | None:
+    """One model's side of a comparison, for the prediction log and the promotion gate."""
+    if answer is None:
+        return None
+    return {"version": (answer.get("model") or {}).get("version"), "fake_probability": answer["fake_probability"],
+            "label": answer["label"], "latency_ms": answer["latency_ms"]}
+
+
+def _describe(err: BaseException) -> str:
+    """An error in one line (a replica's error arrives wrapped in Ray's)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"[:300]
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 @serve.ingress(api)
 class DeepfakeAPI:
@@ -55,7 +72,8 @@ class DeepfakeAPI:
 
     def __init__(self, detectors: dict[str, DeploymentHandle], *, settings: AppArgs, choices: ScoringChoices,
                  combiner: dict[str, Any], model: dict[str, str] | None, explainer: str | None,
-                 reference: list[float], auth_required: bool):
+                 reference: list[float], auth_required: bool,
+                 challengers: dict[str, DeploymentHandle] | None = None):
         self.token = os.environ.get(settings.token_env, "")
         if auth_required and not self.token:
             raise RuntimeError(
@@ -78,6 +96,12 @@ class DeepfakeAPI:
         observability.activate(self.observer)
         self.feedback = (FeedbackStore(settings.feedback_dir, settings.keep_feedback_images)
                          if settings.feedback_dir else None)
+        # The registry's challenger, when the model is a registered single detector (serve/lifecycle.py).
+        self.ensemble = model is not None
+        self.challengers = challengers
+        self.trial = ChallengerTrial(settings.serving_state, settings.challenger, enabled=challengers is not None,
+                                     poll_s=settings.state_poll_s)
+        self.background: set[asyncio.Task] = set()  # comparisons still running after their answer was sent
 
     # ---- POST /predict, top to bottom ----
 
@@ -102,43 +126,146 @@ class DeepfakeAPI:
                            headers={"WWW-Authenticate": "Bearer"})
 
     async def _predict(self, uploads: list[Upload], started: float, route: str) -> list[dict[str, Any]]:
-        """The answers to `uploads`, scored concurrently, each recorded with its request id."""
+        """The answers to `uploads`, scored concurrently, each recorded with its request id; a challenger's
+        comparison runs after the answers are sent."""
         await self._load_members()
         answers = await asyncio.gather(*(self._predict_one(upload) for upload in uploads))
         latency_ms = (time.perf_counter() - started) * 1000.0
         results = []
-        for upload, answer in zip(uploads, answers, strict=True):
+        for upload, (answer, pending) in zip(uploads, answers, strict=True):
             answer = {**answer, "latency_ms": latency_ms}
             answer["request_id"] = self.observer.record(route, answer, upload.data, upload.name, upload.content_type)
             results.append(answer)
+            if pending is not None:
+                self._in_background(self._compare(answer, **pending))
         return results
+
+    def _in_background(self, work: Any) -> None:
+        """Run `work` after the answer is sent; kept referenced until done, and its failure logged."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a comparison with the challenger failed", exc_info=task.exception())
 
     async def _load_members(self) -> list[dict[str, Any]]:
         """Each detector's info; waits until every Detector replica has loaded its model."""
         if self.members is None:
             infos = [await handle.info.remote() for handle in self.detectors.values()]
             if self.model is None:
-                self.model = {key: infos[0][key] for key in ("name", "checkpoint", "sha256")}
+                self.model = infos[0]["identity"]
             self.members = [{**info, "name": name, "detector": info["name"]}
                             for name, info in zip(self.detectors, infos, strict=True)]
         return self.members
 
-    async def _predict_one(self, upload: Upload) -> dict[str, Any]:
-        """One upload's answer: its pictures, their crops, every detector's scores, the combined verdict."""
+    async def _predict_one(self, upload: Upload) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """One upload's answer: its pictures, their crops, every detector's scores, the combined verdict; and
+        what the challenger still has to be compared on, if one is on trial."""
         kind, pictures, frames = await self._pictures(upload)
+        plan = await asyncio.to_thread(self.scorer.plan, pictures, frames)
+        arm = self.trial.choose() if len(plan.inputs) else None
+        if arm is not None and arm.canary:
+            started = time.perf_counter()
+            try:
+                answer = await self._answer(kind, upload.name, plan, self.challengers, version=arm.version)
+                challenger = {**answer, "latency_ms": (time.perf_counter() - started) * 1000.0}
+                return answer, {"arm": arm, "kind": kind, "plan": plan, "answered": challenger}
+            except ModelNotReady:
+                pass  # loading, or another version: the champion answers, nothing counted
+            except Exception as err:  # noqa: BLE001 - the challenger failed: the champion answers instead
+                reason = self.trial.record(arm, champion=None, challenger=None, error=_describe(err))
+                await self._withdraw_if(arm, reason)
+                arm = None
+        started = time.perf_counter()
+        answer = await self._answer(kind, upload.name, plan, self.detectors)
+        if arm is None:
+            return answer, None
+        champion = {**answer, "latency_ms": (time.perf_counter() - started) * 1000.0}
+        return answer, {"arm": arm, "kind": kind, "plan": plan, "answered": champion}
+
+    async def _answer(self, kind: str, name: str | None, plan: Any, detectors: dict[str, DeploymentHandle],
+                      version: int | None = None) -> dict[str, Any]:
+        """The verdict of `detectors` on a planned upload (`version`: only from that registered version)."""
         scorer = self.scorer
-        plan = await asyncio.to_thread(scorer.plan, pictures, frames)
-        probabilities = await self._scores(plan.inputs)
+        probabilities, identities = await self._scores(plan.inputs, detectors)
+        if version is not None and any(identity.get("version") != version for identity in identities):
+            raise ModelNotReady(f"a challenger replica does not hold version {version} yet.")
         verdicts = scorer.assemble(plan, self.combiner.apply(probabilities) if len(plan.inputs) else [])
-        members = {name: scorer.assemble(plan, probabilities[:, j]) for j, name in enumerate(self.detectors)}
+        members = {name: scorer.assemble(plan, probabilities[:, j]) for j, name in enumerate(detectors)}
         if kind == "video":
-            answer = scorer.video_verdict(verdicts, upload.name).to_dict()
-            detectors = {name: scorer.video_verdict(member).fake_probability for name, member in members.items()}
+            answer = scorer.video_verdict(verdicts, name).to_dict()
+            scores = {name: scorer.video_verdict(member).fake_probability for name, member in members.items()}
         else:
-            answer = scorer.image_verdict(verdicts[0], upload.name).to_dict()
-            detectors = {name: member[0].fake_probability for name, member in members.items()}
+            answer = scorer.image_verdict(verdicts[0], name).to_dict()
+            scores = {name: member[0].fake_probability for name, member in members.items()}
         answer["filename"] = answer.pop("name")
-        return {**answer, "detectors": detectors, "model": self.model}
+        model = self.model
+        if not self.ensemble and identities:
+            model = identities[0]  # the model that scored it: during a switch, the old or the new version
+            if detectors is self.detectors:
+                self._follow_champion(model)
+        return {**answer, "detectors": scores, "model": model}
+
+    def _follow_champion(self, identity: dict[str, Any]) -> None:
+        """After a promote or rollback: name the new champion in answers without a face, and measure drift
+        against its validation scores."""
+        if self.model is not None and identity["sha256"] == self.model["sha256"]:
+            return
+        self.model = identity
+        self.observer.model = identity
+        self._in_background(self._reference_of(self.detectors, identity))
+
+    async def _reference_of(self, detectors: dict[str, DeploymentHandle], identity: dict[str, Any]) -> None:
+        """Fetch the validation scores of the model `identity` names, for drift (champion) or the trial."""
+        info = await next(iter(detectors.values())).info.remote(True)
+        if info["identity"]["sha256"] != identity["sha256"]:
+            return  # a replica still on the previous model: the next answer asks again
+        if detectors is self.detectors:
+            self.observer.drift.reference = info["reference"]
+            self.trial.champion_version = identity.get("version")
+        self.trial.references[identity.get("version")] = info["reference"]
+
+    async def _compare(self, answer: dict[str, Any], *, arm: Arm, kind: str, plan: Any,
+                       answered: dict[str, Any]) -> None:
+        """After the answer was sent: the other model's verdict on the same crops, logged beside it and
+        counted in the trial; a challenger that crosses a limit is withdrawn."""
+        by_challenger = arm.canary
+        started = time.perf_counter()
+        other, error = None, None
+        try:
+            other = await self._answer(kind, answer["filename"], plan,
+                                       self.detectors if by_challenger else self.challengers,
+                                       version=None if by_challenger else arm.version)
+            other = {**other, "latency_ms": (time.perf_counter() - started) * 1000.0}
+        except ModelNotReady:
+            return  # the challenger is loading (or was just replaced): nothing to compare
+        except Exception as err:  # noqa: BLE001 - logged and counted, never raised: the answer is gone
+            if by_challenger:
+                logger.warning("comparing a canary answer with the champion failed: %s", _describe(err))
+                return
+            error = _describe(err)
+        champion, challenger = (other, answered) if by_challenger else (answered, other)
+        if challenger is not None and arm.version not in self.trial.references:
+            await self._reference_of(self.challengers, challenger["model"])
+        if self.trial.champion_version not in self.trial.references and champion is not None:
+            await self._reference_of(self.detectors, champion["model"])
+        line = {"event": "shadow", "request_id": answer["request_id"],
+                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+                "answered_by": "challenger" if by_challenger else "champion",
+                "champion": _summary(champion), "challenger": {**(_summary(challenger) or {"version": arm.version}),
+                                                              "error": error}}
+        self.observer.side_record(answer["request_id"], line)
+        reason = self.trial.record(arm, champion=champion, challenger=challenger, error=error)
+        await self._withdraw_if(arm, reason)
+
+    async def _withdraw_if(self, arm: Arm, reason: str | None) -> None:
+        """Withdraw the challenger for `reason` (None: it stays), once, logged and shown on /monitoring."""
+        if reason and await asyncio.to_thread(self.trial.withdraw, arm.version, reason):
+            self.observer.side_record(None, {"event": "withdrawn", "version": arm.version, "reason": reason,
+                                             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
 
     async def _pictures(self, upload: Upload) -> tuple[str, list[Image.Image], list[int | None]]:
         """The pictures of an upload: one image, or a video's sampled frames (a 4xx sentence when bad)."""
@@ -149,20 +276,26 @@ class DeepfakeAPI:
         image = await asyncio.to_thread(decode_image, upload.name, upload.data, self.settings.max_pixels)
         return "image", [image], [None]
 
-    async def _scores(self, inputs: list[Image.Image]) -> np.ndarray:
-        """(inputs x detectors) fake probabilities; every call sent before any is awaited, so the detectors
-        work in parallel and batch the crops."""
+    async def _scores(self, inputs: list[Image.Image], detectors: dict[str, DeploymentHandle] | None = None
+                      ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """(inputs x detectors) fake probabilities, and the identity of the first detector's model for each
+        input; every call sent before any is awaited, so the detectors work in parallel and batch the crops."""
+        detectors = self.detectors if detectors is None else detectors
         deadline = time.monotonic() + self.settings.retry_timeout_s
-        calls = [[asyncio.ensure_future(self._score(name, handle, crop, deadline))
-                  for name, handle in self.detectors.items()] for crop in inputs]
+        suffix = "" if detectors is self.detectors else " (challenger)"  # the latency metric's label
+        calls = [[asyncio.ensure_future(self._score(name + suffix, handle, crop, deadline))
+                  for name, handle in detectors.items()] for crop in inputs]
         try:
-            return np.array([[await call for call in row] for row in calls], dtype=np.float64).reshape(
-                len(inputs), len(self.detectors))
+            results = [[await call for call in row] for row in calls]
         finally:
             for call in (call for row in calls for call in row):
                 call.cancel()
+        probabilities = np.array([[p for p, _ in row] for row in results], dtype=np.float64).reshape(
+            len(inputs), len(detectors))
+        return probabilities, [row[0][1] for row in results]
 
-    async def _score(self, name: str, handle: DeploymentHandle, image: Any, deadline: float) -> float:
+    async def _score(self, name: str, handle: DeploymentHandle, image: Any, deadline: float
+                     ) -> tuple[float, dict[str, Any]]:
         """One detector's probability for one image. A prediction is idempotent: when the replica serving it
         dies, it is sent again (to a live or a replacement replica) until `retry_timeout_s` has passed."""
         attempt = 0
@@ -171,9 +304,9 @@ class DeepfakeAPI:
             remaining = deadline - time.monotonic()
             try:
                 # A call made while no replica is alive waits for the replacement: bounded here.
-                probability = await asyncio.wait_for(handle.predict.remote(image), timeout=max(remaining, 0.001))
+                scored = await asyncio.wait_for(handle.predict.remote(image), timeout=max(remaining, 0.001))
                 self.observer.detector_latency(name, time.perf_counter() - started)
-                return probability
+                return scored
             except RayActorError as err:
                 attempt += 1
                 if time.monotonic() + 0.5 >= deadline:
@@ -222,7 +355,7 @@ class DeepfakeAPI:
         await self._load_members()
         _, pictures, frames = await self._pictures(uploads[0])
         plan = await asyncio.to_thread(self.scorer.plan, pictures, frames)
-        probabilities = await self._scores(plan.inputs)
+        probabilities, _ = await self._scores(plan.inputs)
         fused = self.combiner.apply(probabilities) if len(plan.inputs) else np.zeros(0)
         top = int(np.argmax(fused)) if len(fused) else 0
         png, probability = await self.detectors[self.explainer].explain.remote(plan.inputs[top])
@@ -236,7 +369,8 @@ class DeepfakeAPI:
         """Drift of the recent answers against the validation scores: window size, PSI, KS p-value, fake rate,
         no-face rate."""
         self._authorize(request)
-        return await asyncio.to_thread(self.observer.drift_snapshot)
+        snapshot = await asyncio.to_thread(self.observer.drift_snapshot)
+        return {**snapshot, "model": self.model, "challenger_trial": await asyncio.to_thread(self.trial.snapshot)}
 
     @api.post("/feedback", responses=ERRORS, openapi_extra={"requestBody": FEEDBACK_BODY})
     async def feedback(self, request: Request) -> dict[str, Any]:
@@ -263,6 +397,7 @@ class DeepfakeAPI:
         suffix = Path(recent.name or (upload.name if isinstance(upload, Upload) else "") or "image.jpg").suffix or ".jpg"
         stored = await asyncio.to_thread(self.feedback.add, request_id.strip(), label, recent.answer, data,
                                          suffix.lower())
+        self.trial.correction(recent.answer, label)  # both models' accuracy, when a challenger also answered
         return {"stored": True, "request_id": stored["request_id"], "label": label,
                 "image_sha256": stored["image_sha256"], "image_kept": stored["image"] is not None}
 
@@ -299,4 +434,6 @@ class DeepfakeAPI:
         if self.combiner.kind == "stacking":
             combiner["coef"] = dict(zip(self.detectors, self.combiner.coef, strict=True))
         return {"model": self.model, "threshold": self.threshold, "combiner": combiner, "members": members,
+                "challenger": (self.trial.snapshot() or {}).get("challenger"),
                 "limits": {**self.settings.limits(), "video_frames": self.scorer.num_frames}}
+

@@ -125,6 +125,17 @@ class Observer:
             self.images -= 1
             recent.data = None
 
+    def side_record(self, request_id: str | None, line: dict[str, Any]) -> None:
+        """Log an event about an answer already given (a challenger's comparison, a withdrawal); a comparison is
+        also kept with the request, so a correction of it scores both models."""
+        if self.log is not None:
+            self.log.write(line)
+        if request_id is not None:
+            with self.lock:
+                recent = self.recent.get(request_id)
+                if recent is not None:
+                    recent.answer["shadow"] = line
+
     def lookup(self, request_id: str) -> Recent | None:
         """The recent answer to `request_id`, or None when this replica never gave it (or forgot it)."""
         with self.lock:

@@ -13,11 +13,36 @@ from pydantic import Field
 
 from deepfake_platform.config import ConfigError, Section, build
 from deepfake_platform.data import DEFAULT_MAX_PIXELS
+from deepfake_platform.serving_state import STATE_FILE
 
 # What GET /models shows under "limits" (with the frames scored per video): what one request may send, and
 # how long it may wait for a detector.
 LIMIT_FIELDS = ("max_body_bytes", "max_pixels", "max_batch_files", "retry_timeout_s", "max_video_bytes",
                 "max_video_seconds")
+
+
+class ChallengerLimits(Section):
+    """When a challenger is withdrawn by itself: judged once it has `min_requests` compared answers."""
+
+    min_requests: int = Field(20, ge=1)
+    # Share of the challenger's calls that failed (it could not load, or raised).
+    max_error_rate: float = Field(0.05, ge=0, le=1)
+    # The challenger's 95th-percentile seconds per request, in milliseconds.
+    max_p95_latency_ms: float = Field(5000.0, gt=0)
+    # PSI of the challenger's recent scores against its own validation scores.
+    max_psi: float = Field(0.5, gt=0)
+    # Share of compared requests whose label differs from the champion's.
+    max_disagreement: float = Field(0.2, ge=0, le=1)
+
+
+class ChallengerArgs(Section):
+    """How a registered challenger meets live traffic (experiments/models.py challenge V may override mode and
+    fraction): `shadow` scores every request after the champion's answer is sent; `canary` answers `fraction`
+    of the requests itself."""
+
+    mode: Literal["shadow", "canary"] = "shadow"
+    fraction: float = Field(0.1, ge=0, le=1)
+    limits: ChallengerLimits = Field(default_factory=ChallengerLimits)
 
 
 class AppArgs(Section):
@@ -54,6 +79,12 @@ class AppArgs(Section):
     keep_feedback_images: bool = True
     feedback_cache_items: int = Field(256, ge=0)
     feedback_cache_bytes: int = Field(100 * 1024 * 1024, ge=0)
+    # The model registry's serving state (deepfake_platform/serving_state.py): "auto" follows serving.json
+    # beside `model` when there is one (promote, challenge and rollback switch the running server); "" never.
+    serving_state: str = "auto"
+    # Seconds between two reads of the serving state by each replica.
+    state_poll_s: float = Field(1.0, gt=0)
+    challenger: ChallengerArgs = Field(default_factory=ChallengerArgs)
 
     @property
     def max_request_bytes(self) -> int:
@@ -65,10 +96,15 @@ class AppArgs(Section):
         return {name: getattr(self, name) for name in LIMIT_FIELDS}
 
     def with_absolute_paths(self) -> AppArgs:
-        """A copy whose log and feedback folders are absolute: replicas do not run where `serve run` ran."""
+        """A copy whose paths are absolute (replicas do not run where `serve run` ran); "auto" becomes the
+        serving.json beside the model."""
+        state = self.serving_state
+        if state == "auto":
+            state = str(Path(self.model).expanduser().resolve().parent / STATE_FILE)
         return self.model_copy(update={key: str(Path(value).expanduser().resolve()) if value else ""
                                        for key, value in (("log_dir", self.log_dir),
-                                                          ("feedback_dir", self.feedback_dir))})
+                                                          ("feedback_dir", self.feedback_dir),
+                                                          ("serving_state", state))})
 
 
 def app_args(args: Any) -> AppArgs:

@@ -1,0 +1,227 @@
+"""A running server follows the model registry: shadow, canary, promote and rollback without a restart, and
+a failing challenger withdrawn by itself. A real Ray + Serve on loopback, real HTTP, real image files.
+
+Two registered versions of a tiny detector that answer very differently (version 2's output bias is raised
+by 4, so its probabilities sit near 1 where version 1's sit near 0.5): every answer's probability shows
+which model really gave it, and the answer must name that model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deepfake_platform.checkpoints import file_sha256, write_checkpoint
+from deepfake_platform.serving_state import read_state, write_state
+from serve.app import build_app
+from tests.factories import encoded, free_port, photo, tiny_record
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(420)]
+TIMEOUT = httpx.Timeout(60.0)
+CLIENTS = 16
+
+
+def eventually(condition, timeout_s: float, message: str, interval_s: float = 0.2):
+    """Poll `condition()` until it returns something truthy (returned), or fail with `message`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, message
+        time.sleep(interval_s)
+
+
+def registered(artifacts: Path, version: int, record) -> dict:
+    """Write version `version`'s immutable file under artifacts/models and return its state entry."""
+    path = write_checkpoint(record, artifacts / "models" / f"v{version}.pth")
+    return {"version": version, "file": f"models/v{version}.pth", "sha256": file_sha256(path), "run_id": None}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """An artifacts folder as the registry leaves it: versions 1 and 2, version 1 the champion (best.pth)."""
+    root = tmp_path_factory.mktemp("lifecycle")
+    artifacts = root / "artifacts"
+    v1 = registered(artifacts, 1, tiny_record(seed=0))
+    record = tiny_record(seed=0)
+    record.model_state_dict["head.4.bias"] = record.model_state_dict["head.4.bias"] + 4.0
+    v2 = registered(artifacts, 2, record)
+    shutil.copyfile(artifacts / "models" / "v1.pth", artifacts / "best.pth")
+    state = artifacts / "serving.json"
+    write_state(state, {"registered_model": "deepfake-detector", "champion": v1, "challenger": None,
+                        "history": [1], "withdrawn": None})
+    images = [encoded(photo(200 + i), "JPEG") for i in range(6)]
+    return {"root": root, "artifacts": artifacts, "state": state, "v1": v1, "v2": v2, "images": images}
+
+
+@pytest.fixture(scope="module")
+def base_url(registry):
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({
+            "model": str(registry["artifacts"] / "best.pth"), "state_poll_s": 0.2,
+            "log_dir": str(registry["root"] / "logs"), "feedback_dir": str(registry["root"] / "feedback"),
+            # The two versions disagree on purpose; the error-rate limit is the one under test here.
+            "challenger": {"limits": {"min_requests": 5, "max_disagreement": 1.0, "max_psi": 100.0}},
+        }), name="lifecycle", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    with httpx.Client(base_url=base_url, timeout=TIMEOUT) as http:
+        yield http
+
+
+def set_roles(registry, *, champion: dict, challenger: dict | None) -> None:
+    """What `experiments/models.py promote / challenge / rollback` write: the serving state, best.pth."""
+    state = read_state(registry["state"])
+    shutil.copyfile(registry["artifacts"] / champion["file"], registry["artifacts"] / "best.pth")
+    write_state(registry["state"], {**state, "champion": champion, "challenger": challenger})
+
+
+def predict(client, image: bytes) -> dict:
+    response = client.post("/predict", files={"file": ("face.jpg", image, "image/jpeg")})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def version_by_probability(probability: float) -> int:
+    """Which version gave a probability: version 2's are near 1, version 1's near 0.5."""
+    return 2 if probability > 0.9 else 1
+
+
+def answers_of(client, registry, count: int) -> list[dict]:
+    """`count` answers from CLIENTS concurrent clients, over the module's images in turn."""
+    images = registry["images"]
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        return list(pool.map(lambda i: predict(client, images[i % len(images)]), range(count)))
+
+
+def monitoring(client) -> dict:
+    response = client.get("/monitoring")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_shadow_challenger_changes_no_answer_and_is_compared(client, registry):
+    before = [predict(client, image) for image in registry["images"]]
+    assert {answer["model"]["version"] for answer in before} == {1}
+    assert {answer["model"]["role"] for answer in before} == {"champion"}
+
+    set_roles(registry, champion=registry["v1"], challenger={**registry["v2"], "mode": "shadow", "fraction": None})
+    eventually(lambda: (monitoring(client).get("challenger_trial") or {}).get("challenger"), 30,
+               "the server never put the challenger on trial")
+
+    def compared() -> dict | None:  # requests keep coming while the challenger's replica loads its model
+        answers = [predict(client, image) for image in registry["images"]]
+        for old, new in zip(before, answers, strict=True):
+            assert new["fake_probability"] == old["fake_probability"]  # the champion's answer, untouched
+            assert new["model"]["version"] == 1
+        trial = monitoring(client)["challenger_trial"]
+        return trial if trial["compared"] >= 6 else None
+
+    trial = eventually(compared, 90, "the shadow challenger compared no request")
+    assert trial["challenger"] == {"version": 2, "mode": "shadow", "fraction": None}
+    assert trial["answered_by_challenger"] == 0
+    assert trial["mean_abs_delta"] > 0.2  # the two versions really differ
+    assert trial["champion"]["latency_p50_ms"] is not None and trial["challenger_model"]["latency_p50_ms"] is not None
+    lines = [json.loads(line) for path in (registry["root"] / "logs").glob("*.jsonl")
+             for line in path.read_text().splitlines()]
+    shadows = [line for line in lines if line.get("event") == "shadow"]
+    assert shadows and all(line["challenger"]["version"] == 2 and line["champion"]["version"] == 1 for line in shadows)
+    assert all(line["challenger"]["fake_probability"] > 0.9 for line in shadows)
+    answered = {line["request_id"] for line in lines if "event" not in line}
+    assert {line["request_id"] for line in shadows} <= answered
+
+
+def test_a_canary_answers_its_share_and_says_so(client, registry):
+    set_roles(registry, champion=registry["v1"], challenger={**registry["v2"], "mode": "canary", "fraction": 0.25})
+    eventually(lambda: (monitoring(client)["challenger_trial"] or {}).get("challenger", {}).get("mode") == "canary",
+               30, "the server never switched the challenger to canary")
+    # Until the canary answers once, its replica may still be loading (the champion answers meanwhile).
+    eventually(lambda: predict(client, registry["images"][0])["model"]["role"] == "challenger" or None, 60,
+               "the canary never answered")
+    answers = answers_of(client, registry, 400)
+    roles = Counter(answer["model"]["role"] for answer in answers)
+    assert abs(roles["challenger"] / 400 - 0.25) <= 0.06, roles
+    for answer in answers:  # each answer names the model that really gave it
+        assert answer["model"]["version"] == version_by_probability(answer["fake_probability"])
+        assert answer["model"]["role"] == ("challenger" if answer["model"]["version"] == 2 else "champion")
+
+
+def test_promote_and_rollback_under_load_lose_no_request(client, registry):
+    set_roles(registry, champion=registry["v1"], challenger=None)
+    eventually(lambda: monitoring(client)["challenger_trial"] is None or None, 30, "the challenger stayed on trial")
+    answers: list[dict] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def switch():
+        time.sleep(2.0)
+        set_roles(registry, champion=registry["v2"], challenger=None)  # promote 2
+        eventually(lambda: any(a["model"]["version"] == 2 for a in answers[-20:]) or stop.is_set() or None, 60,
+                   "the promotion never reached the answers")
+        time.sleep(1.0)
+        set_roles(registry, champion=registry["v1"], challenger=None)  # roll back to 1
+
+    def one(i: int) -> None:
+        try:
+            answers.append(predict(client, registry["images"][i % len(registry["images"])]))
+        except AssertionError as err:
+            errors.append(str(err))
+
+    switcher = threading.Thread(target=switch)
+    switcher.start()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        list(pool.map(one, range(300)))
+    stop.set()
+    switcher.join(timeout=90)
+    assert not errors, errors[:3]
+    assert len(answers) == 300
+    versions = [answer["model"]["version"] for answer in answers]
+    assert 2 in versions and versions[-1] == 1 or 1 in versions[versions.index(2):], Counter(versions)
+    for answer in answers:
+        assert answer["model"]["version"] == version_by_probability(answer["fake_probability"])
+    # After the rollback, version 1 answers again.
+    eventually(lambda: predict(client, registry["images"][0])["model"]["version"] == 1 or None, 30,
+               "the rollback never took effect")
+
+
+def test_a_failing_challenger_is_withdrawn_and_the_champion_answers_all(client, registry):
+    broken = registry["artifacts"] / "models" / "v3.pth"
+    broken.write_bytes(b"not a checkpoint at all")
+    v3 = {"version": 3, "file": "models/v3.pth", "sha256": file_sha256(broken), "run_id": None,
+          "mode": "canary", "fraction": 0.5}
+    set_roles(registry, champion=registry["v1"], challenger=v3)
+    eventually(lambda: (monitoring(client)["challenger_trial"] or {}).get("challenger", {}).get("version") == 3, 30,
+               "the broken challenger was never put on trial")
+    answers = answers_of(client, registry, 60)  # every one answered: the champion stands in for the failures
+    assert {answer["model"]["version"] for answer in answers} == {1}
+    trial = monitoring(client)["challenger_trial"]
+    assert trial["challenger"] is None
+    assert trial["withdrawn"]["version"] == 3 and "error rate" in trial["withdrawn"]["reason"]
+    state = read_state(registry["state"])
+    assert state["challenger"] is None and state["withdrawn"]["version"] == 3
+    after = answers_of(client, registry, 20)
+    assert {answer["model"]["role"] for answer in after} == {"champion"}
+    lines = [json.loads(line) for path in (registry["root"] / "logs").glob("*.jsonl")
+             for line in path.read_text().splitlines()]
+    assert any(line.get("event") == "withdrawn" and line["version"] == 3 for line in lines)
