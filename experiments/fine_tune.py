@@ -25,7 +25,7 @@ from deepfake_platform.orchestration.fine_tune import fine_tune
 
 def main(args: argparse.Namespace) -> dict:
     result = fine_tune(checkpoint=args.checkpoint, feedback_dir=args.feedback, data=args.data, epochs=args.epochs,
-                       lr=args.lr, margin=args.margin, held_back=args.held_back, repeat=args.repeat, name=args.name,
+                       lr=args.lr, margin=args.margin, min_robust_auc=args.min_robust_auc, held_back=args.held_back, repeat=args.repeat, name=args.name,
                        promote=not args.no_promote, overrides=args.set, verbose=args.verbose)
     print(result["reason"])
     print(f"Report: {result['report']}")
@@ -42,6 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, help="learning rate (default: a tenth of the checkpoint's own)")
     parser.add_argument("--margin", type=float, default=0.01,
                         help="validation AUC the new model may lose and still be promoted (default: 0.01)")
+    parser.add_argument("--min-robust-auc", type=float, metavar="AUC",
+                        help="also require the new model's worst test AUC under perturbations (JPEG, resizing, blur, "
+                             "noise, a social chain: evaluate.py --robustness) to be at least this")
     parser.add_argument("--held-back", type=float, default=0.3,
                         help="share of the feedback kept aside to judge the new model (default: 0.3)")
     parser.add_argument("--repeat", type=int,

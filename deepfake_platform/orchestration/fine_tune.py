@@ -14,13 +14,14 @@ from typing import Any
 from deepfake_platform.checkpoints import DetectorCheckpoint, file_sha256, read_checkpoint
 from deepfake_platform.config import ExperimentConfig, OutputConfig, apply_overrides, config_from_dict
 from deepfake_platform.data import resolve_data_root
+from deepfake_platform.evaluation import calibrate_checkpoint
 from deepfake_platform.files import copy_atomic, link_or_copy
 from deepfake_platform.fine_tuning.combined_data import build_combined_root
 from deepfake_platform.fine_tuning.decision import decide
 from deepfake_platform.fine_tuning.feedback_split import FeedbackError, collect_feedback, split_feedback
 from deepfake_platform.fine_tuning.judging import judge
 from deepfake_platform.fine_tuning.report import write_fine_tune_report
-from deepfake_platform.media import MediaScorer
+from deepfake_platform.media import MediaScorer, scoring_choices
 from deepfake_platform.orchestration.cluster import ensure_ray
 from deepfake_platform.orchestration.finalize import promote as promote_model
 from deepfake_platform.orchestration.train import run_training
@@ -56,7 +57,8 @@ def keep_previous(artifacts: Path) -> Path | None:
 
 
 def fine_tune(*, checkpoint: str | Path, feedback_dir: str | Path, data: str | None = None, epochs: int = 2,
-              lr: float | None = None, margin: float = 0.01, held_back: float = 0.3, repeat: int | None = None,
+              lr: float | None = None, margin: float = 0.01, min_robust_auc: float | None = None,
+              held_back: float = 0.3, repeat: int | None = None,
               name: str | None = None, promote: bool = True, overrides: list[str] | None = None,
               verbose: bool = False, home: Path | None = None) -> dict[str, Any]:
     """Fine-tune `checkpoint` on its training data plus the feedback through Ray Train, judge before and
@@ -94,10 +96,16 @@ def fine_tune(*, checkpoint: str | Path, feedback_dir: str | Path, data: str | N
 
     ensure_ray(verbose=verbose)  # ray: the Ray Train run starts here
     outcome = run_training(config, combined, verbose=verbose, init_from=str(checkpoint))
-    new = read_checkpoint(outcome.best_checkpoint, DetectorCheckpoint)
+    # Calibrated and given its operating points on the original validation split, as training's finalize_run does.
+    new = calibrate_checkpoint(outcome.best_checkpoint, data_root)
     new_scorer = MediaScorer(Predictor(new, precision=new.trained_precision, path=outcome.best_checkpoint))
     after = judge(new_scorer, new, outcome.best_checkpoint, held_items, data_root)
-    chosen, reason = decide(before, after, margin)
+    if min_robust_auc is not None:  # the gate: the worst test AUC under the robustness report's perturbations
+        from deepfake_platform.robustness import robustness_report
+
+        robust = robustness_report(new_scorer.predictor, data_root, scoring_choices(new))
+        after.update(robust_auc=robust["worst_auc"], robust_condition=robust["worst_condition"])
+    chosen, reason = decide(before, after, margin, min_robust_auc)
     result: dict[str, Any] = {
         "run": run_name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -108,6 +116,7 @@ def fine_tune(*, checkpoint: str | Path, feedback_dir: str | Path, data: str | N
         "epochs": config.train.epochs,
         "lr": config.train.lr,
         "margin": margin,
+        "min_robust_auc": min_robust_auc,
         "feedback": {"directory": str(Path(feedback_dir).resolve()), "train_images": len(train_items),
                      "held_back_images": len(held_items), "skipped": skipped, "crops": contents["feedback_crops"],
                      "no_face": contents["no_face"], "repeat": contents["repeat"],
