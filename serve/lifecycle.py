@@ -66,7 +66,7 @@ class ModelWatcher:
         self.poll_s = poll_s
         self.loaded: Loaded | None = None
         self.error: str | None = None
-        self.stamp: tuple[int, int] | None = None
+        self.stamp: tuple[int, ...] | None = None
         self.tried: tuple[Any, ...] | None = None  # the model last loaded or tried, by version and hash
         self.lock = threading.Lock()
         self.refresh()  # the first model is loaded before the replica reports ready
@@ -92,12 +92,12 @@ class ModelWatcher:
             except Exception:  # noqa: BLE001 - a watcher that dies would freeze the model: log and go on
                 logger.exception("reading the serving state %s failed", self.state)
 
-    def _stamp(self) -> tuple[int, int] | None:
+    def _stamp(self) -> tuple[int, ...] | None:
         try:
             stat = os.stat(self.state) if self.state is not None else None
         except FileNotFoundError:
             return None
-        return (stat.st_mtime_ns, stat.st_size) if stat else None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino) if stat else None
 
     def refresh(self) -> None:
         """Load the model the serving state names for this role, if it is not the one held (or tried)."""
@@ -193,7 +193,7 @@ class ChallengerTrial:
         self.poll_s = poll_s
         self.lock = threading.Lock()
         self.read_at = 0.0
-        self.stamp: tuple[int, int] | None = None
+        self.stamp: tuple[int, ...] | None = None
         self.slot: serving_state.Slot | None = None
         self.trial: Comparison | None = None
         self.withdrawn: dict[str, Any] | None = None
@@ -212,7 +212,7 @@ class ChallengerTrial:
         self.read_at = time.monotonic()
         try:
             stat = os.stat(self.state)
-            stamp = (stat.st_mtime_ns, stat.st_size)
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         except FileNotFoundError:
             stamp = None
         if stamp == self.stamp:
@@ -251,7 +251,7 @@ class ChallengerTrial:
             if trial.mode != "canary":
                 return Arm(trial.version, canary=False)
             self.credit += trial.fraction
-            if self.credit >= 1.0:
+            if self.credit >= 1.0 - 1e-9:  # floating-point sums of 0.3 fall just short of 1
                 self.credit -= 1.0
                 return Arm(trial.version, canary=True)
             return None  # a canary's other requests are the champion's alone
