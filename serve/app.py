@@ -37,6 +37,9 @@ from serve.ingress import DeepfakeAPI
 from serve.serve_run import end_serve_run
 from serve.settings import app_args
 
+# The challenger's replica: like serve.config's Detector (which cannot name it: it exists only with a registry).
+CHALLENGER_ACTOR = {"num_cpus": 0.5, "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "2"}}}
+
 
 class ModelUnavailable(RayServeException):
     """The app cannot start with this model file; a RayServeException, so Serve does not retry the build."""
@@ -80,7 +83,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         # file present at start, a second deployment holds the challenger on trial (shadow or canary).
         following = {"state": settings.serving_state, "poll_s": settings.state_poll_s}
         detectors = {name: Detector.bind(str(path), **batching, role="champion", **following)}
-        challengers = ({name: Detector.options(name="Detector_challenger").bind(
+        challengers = ({name: Detector.options(name="Detector_challenger", ray_actor_options=CHALLENGER_ACTOR).bind(
                             str(path), **batching, role="challenger", **following)}
                        if settings.serving_state and Path(settings.serving_state).is_file() else None)
         combiner, model = Combiner("mean").to_dict(), None  # a single detector names itself once loaded
