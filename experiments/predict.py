@@ -42,7 +42,8 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     files = expand(args.paths)
     # Unset flags keep the checkpoint's choices, the ones score.py, evaluation and the server use too.
     choices = file_choices(args.checkpoint, faces=args.faces, num_frames=args.num_frames, every=args.every,
-                           small_face_factor=args.small_face_factor, precision=args.precision)
+                           small_face_factor=args.small_face_factor, precision=args.precision,
+                           operating_point=args.operating_point)
     scorer = MediaScorer(load_predictor(args.checkpoint, choices.precision), choices)
     print(f"{scorer.predictor.info.name} ({args.checkpoint}), faces {scorer.preset.mode}"
           + (f" ({scorer.preset.detector}, margin {scorer.preset.margin:g})" if scorer.preset.mode != "off" else "")
@@ -53,6 +54,7 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         try:
             verdict = scorer.score_path(path)
             result = {"path": str(path), **verdict.to_dict(), "credentials": credentials, "error": None}
+            add_logits(result, scorer.predictor.calibration)
             if args.explain and verdict.kind == "image" and verdict.verdict != NOT_APPLICABLE:
                 result["explanations"] = write_explanations(scorer, path, Path(args.explain))
         except ValueError as err:  # unreadable media, bad frames: named, the others still scored
@@ -111,6 +113,14 @@ def describe(result: dict[str, Any]) -> str:
     return head + f", {len(result['faces'])} face(s): {faces}"
 
 
+def add_logits(result: dict[str, Any], calibration: Any) -> None:
+    """The detector's raw logit beside each calibrated probability (file and faces): `logit`, None where the
+    calibration (isotonic) cannot give it back."""
+    result["logit"] = calibration.raw_logit(result.get("fake_probability"))
+    for face in result.get("faces") or []:
+        face["logit"] = calibration.raw_logit(face.get("fake_probability"))
+
+
 def write_explanations(scorer: MediaScorer, path: Path, folder: Path) -> list[str]:
     """One Grad-CAM PNG per face of the image at `path`; their paths."""
     from deepfake_platform.data import load_image
@@ -158,6 +168,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-frames", type=int,
                         help=f"frames per video, evenly spaced (default: as the checkpoint records, else {DEFAULT_NUM_FRAMES})")
     parser.add_argument("--every", type=int, help="instead: every k-th frame")
+    parser.add_argument("--operating-point", choices=["balanced", "high_precision", "high_recall"],
+                        help="the thresholds to label at, chosen on validation (default: balanced)")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32", "int8"],
                         help="auto (the default): bf16 where the CPU runs it natively, else fp32; int8: ONNX Runtime, "
                              "quantised")
