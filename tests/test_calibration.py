@@ -107,6 +107,16 @@ def test_a_real_tiny_checkpoint_is_calibrated_on_validation_and_every_door_uses_
     assert choices.threshold == calibrated.operating_points["high_recall"]["threshold"]
     assert choices.operating_point == "high_recall"
 
+    from experiments import predict as predict_cli
+
+    images[0].save(tmp_path / "face.png")
+    (answer,) = predict_cli.main(predict_cli.get_args_parser().parse_args(
+        [str(tmp_path / "face.png"), "--checkpoint", str(tmp_path / "calibrated.pth"), "--precision", "fp32",
+         "--operating-point", "high_recall"]))
+    assert answer["threshold"] == calibrated.operating_points["high_recall"]["threshold"]
+    assert answer["fake_probability"] == pytest.approx(float(probabilities[0]), abs=1e-5)
+    assert answer["logit"] == pytest.approx(float(logits[0]), rel=1e-3, abs=1e-3)  # the raw logit stays
+
     test = evaluate_record(calibrated, tmp_path / "calibrated.pth", data_root, "test")
     assert np.allclose(test["scores"], expit(np.asarray(test["logits"]) / calibrated.calibration["temperature"]),
                        atol=1e-6)
