@@ -34,7 +34,8 @@ def main(args: argparse.Namespace) -> ScoringSummary:
     print(f"Scoring {len(inputs)} file(s) with {args.checkpoint} into {args.out}.", flush=True)
     summary = run_scoring(inputs, args.out, args.checkpoint, batch_size=args.batch_size, precision=args.precision,
                           use_gpu=args.use_gpu, faces=args.faces, num_frames=args.num_frames, every=args.every,
-                          small_face_factor=args.small_face_factor, verbose=args.verbose)
+                          small_face_factor=args.small_face_factor, operating_point=args.operating_point,
+                          verbose=args.verbose)
     print(summary.render())
     return summary
 
@@ -45,6 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="the Parquet file to write (or to continue)")
     parser.add_argument("--checkpoint", default="artifacts/best.pth", help="a checkpoint or an ensemble spec")
     parser.add_argument("--batch-size", type=int, default=16, help="pictures per model batch")
+    parser.add_argument("--operating-point", choices=["balanced", "high_precision", "high_recall"],
+                        help="the thresholds to label at, chosen on validation (default: balanced)")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32", "int8"],
                         help="auto (the default): bf16 where the CPU runs it natively, else fp32; int8: ONNX Runtime, "
                              "quantised")

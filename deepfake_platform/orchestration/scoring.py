@@ -230,10 +230,10 @@ def pool_size(cpus_per_node: list[float], use_gpu: bool, gpus: float) -> tuple[i
 def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, batch_size: int = 16,
                 use_gpu: bool = False, precision: str | None = None, faces: str | None = None,
                 num_frames: int | None = None, every: int | None = None, small_face_factor: float | None = None,
-                verbose: bool = False) -> ScoringSummary:
+                operating_point: str | None = None, verbose: bool = False) -> ScoringSummary:
     """Score every file of `inputs` not yet in `out` (a Parquet file) and write them all there, with the
-    model's scoring choices (`media.scoring_choices`); precision, faces, num_frames, every and
-    small_face_factor override single ones when not None."""
+    model's scoring choices (`media.scoring_choices`, at `operating_point`'s thresholds, default balanced);
+    precision, faces, num_frames, every and small_face_factor override single ones when not None."""
     import logging
 
     import ray  # ray:
@@ -246,7 +246,7 @@ def run_scoring(inputs: list[str], out: str | Path, checkpoint: str | Path, *, b
     checkpoint = str(Path(checkpoint).expanduser().resolve())
     # Read once in the driver: a missing or unsafe model is a sentence before anything starts.
     choices = file_choices(checkpoint, precision=precision, faces=faces, num_frames=num_frames, every=every,
-                           small_face_factor=small_face_factor)
+                           small_face_factor=small_face_factor, operating_point=operating_point)
     previous = pq.read_table(out).to_pylist() if out.is_file() else []
     done = {row["path"] for row in previous}
     todo = [path for path in inputs if path not in done]
