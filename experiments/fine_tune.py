@@ -2,17 +2,21 @@
 
     python experiments/fine_tune.py --from artifacts/best.pth --feedback feedback/
     python experiments/fine_tune.py --from artifacts/best.pth --feedback feedback/ --epochs 3 --lr 1e-5 --margin 0.005
-    python experiments/fine_tune.py --from artifacts/best.pth --feedback feedback/ --no-promote
+    python experiments/fine_tune.py --from artifacts/best.pth --feedback feedback/ --promote   # champion at once
+    python experiments/fine_tune.py --from artifacts/best.pth --feedback feedback/ --no-promote   # judge only
 
 The feedback folder is what the server's POST /feedback (and the web page's "this is wrong" button) wrote
 under args.feedback_dir. A share of it (--held-back, split by image content, so always the same way) is
 kept aside to judge; the rest, cropped with the checkpoint's face preset and repeated so that it counts
 beside the original training data, joins that data for a few epochs of the same Ray Train loop, starting
 from the checkpoint's weights. Before and after are measured on the original validation and test splits
-and on the held-back feedback, answered the way the server answers. The new model replaces
-artifacts/best.pth (the old one kept as artifacts/previous_best.pth) only when it answers more held-back
-feedback right (or as many with a lower log loss) and its validation AUC is at most --margin below the
-original's. runs/<run>/FINE_TUNE.md says which and why.
+and on the held-back feedback, answered the way the server answers. The new model is kept only when it
+answers more held-back feedback right (or as many with a lower log loss) and its validation AUC is at most
+--margin below the original's. Such a model is registered as a new version of the detector (tagged with the version it was
+fine-tuned from), the challenger: the server shadows it and `python experiments/registry.py promote V` makes it
+answer. `--promote` makes it the champion (artifacts/best.pth, the old one kept as
+artifacts/previous_best.pth) at once, as does the first version ever. runs/<run>/FINE_TUNE.md says which and
+why; MLflow holds the run.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from deepfake_platform.orchestration.fine_tune import fine_tune
 def main(args: argparse.Namespace) -> dict:
     result = fine_tune(checkpoint=args.checkpoint, feedback_dir=args.feedback, data=args.data, epochs=args.epochs,
                        lr=args.lr, margin=args.margin, min_robust_auc=args.min_robust_auc, held_back=args.held_back, repeat=args.repeat, name=args.name,
-                       promote=not args.no_promote, overrides=args.set, verbose=args.verbose)
+                       promote=not args.no_promote, champion=args.promote, overrides=args.set,
+                       verbose=args.verbose)
     print(result["reason"])
     print(f"Report: {result['report']}")
     return result
@@ -53,7 +58,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="run name (default: finetune-<time>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value of the checkpoint's config, e.g. --set train.batch_size=4")
-    parser.add_argument("--no-promote", action="store_true", help="judge only; never replace artifacts/best.pth")
+    parser.add_argument("--promote", action="store_true",
+                        help="a better model becomes the champion at once (default: the challenger)")
+    parser.add_argument("--no-promote", action="store_true",
+                        help="judge only; never register the model nor replace artifacts/best.pth")
     add_verbose_flag(parser)
     return parser
 

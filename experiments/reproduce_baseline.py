@@ -8,7 +8,8 @@
     RAY_ADDRESS=ray://head:10001 python experiments/reproduce_baseline.py --num-workers 4
 
 Writes checkpoints/<run>/epoch_XXX_auc_Y.pth and best.pth, runs/<run>/ (RESULTS.md, results.json,
-TensorBoard events, plots) and promotes the best model to artifacts/best.pth. Ctrl-C stops the run
+TensorBoard events, plots), records the run in MLflow (mlruns/ under the output home, or
+$MLFLOW_TRACKING_URI) and registers the best model as the champion version: artifacts/best.pth. Ctrl-C stops the run
 within seconds and says how to continue it (`--name RUN`); a diverging run stops with one sentence.
 """
 
@@ -26,6 +27,7 @@ from deepfake_platform.orchestration.cluster import ensure_ray
 from deepfake_platform.orchestration.finalize import finalize_run
 from deepfake_platform.orchestration.train import run_training
 from deepfake_platform.outputs import anchor_outputs, output_home
+from deepfake_platform.tracking import Tracking
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -38,6 +40,7 @@ def main(args: argparse.Namespace) -> Path:
     # Outputs under the current directory, or $DEEPFAKE_HOME / ~/deepfake-platform under `ray job submit`
     # (whose working directory is a temporary copy that vanishes with the job).
     home = output_home()
+    tracking = Tracking.start(home, verbose=args.verbose)  # MLflow's store opens while Ray starts and trains
     config = anchor_outputs(config, home)
     data_root = resolve_data_root(args.data, config.data.root, config.data.embedded, home)
     print(f"Run {config.name}: {config.model.name} on {data_root}, {config.train.epochs} epochs, "
@@ -46,7 +49,9 @@ def main(args: argparse.Namespace) -> Path:
     rerun = " ".join([Path(sys.argv[0]).as_posix(), *rerun_arguments(args, config.name)])
     outcome = run_training(config, data_root, resume_from=args.resume, verbose=args.verbose,
                            rerun_hint=f"python {rerun}")
-    report = finalize_run(outcome, data_root, promote_best=config.output.promote and not args.no_promote)
+    # The reference run answers: its model is the champion.
+    report = finalize_run(outcome, data_root, promote_best=config.output.promote and not args.no_promote,
+                          champion=True, tracking=tracking)
     wall = time.perf_counter() - started
     print(f"Report: {report}")
     print(f"Wall time {wall:.0f} s; the epochs took {outcome.epoch_time_s:.0f} s of it "
@@ -77,7 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint (model + optimizer)")
     parser.add_argument("--epochs", type=int, help="total epochs (with --resume: train up to this many)")
     parser.add_argument("--smoke", action="store_true", help="tiny detector on a few images, for CI and a first check")
-    parser.add_argument("--no-promote", action="store_true", help="do not copy the best model to artifacts/")
+    parser.add_argument("--no-promote", action="store_true", help="do not register the best model nor touch artifacts/")
     add_verbose_flag(parser)
     return parser
 

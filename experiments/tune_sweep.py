@@ -11,8 +11,10 @@ Each trial is a Ray Train run of the main job's training loop. Outputs go under 
 --output-root, else $DEEPFAKE_HOME, else the current directory (under `ray job submit`, whose working
 directory is a temporary copy, ~/deepfake-platform). Ray's own state goes to --storage (default
 <home>/ray_results; on a cluster a shared path or s3://...). Results: runs/<sweep>/SWEEP.md with the
-table (sweep.csv, sweep.md) and val_auc_vs_lr.png; the best trial is tested and promoted to
-artifacts/best.pth. After a crash, rerun with --resume (or the same --name): finished trials stay done.
+table (sweep.csv, sweep.md) and val_auc_vs_lr.png; the best trial is tested and registered as a new
+version of the detector, the challenger (`--promote`: the champion, artifacts/best.pth, at once; the first
+version ever is the champion). MLflow holds the sweep as a parent run with one child per trial. After a
+crash, rerun with --resume (or the same --name): finished trials stay done.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from deepfake_platform.orchestration.tuner import (
     tune_state_exists,
 )
 from deepfake_platform.outputs import anchor_outputs, join_storage, output_home
+from deepfake_platform.tracking import Tracking
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -45,6 +48,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 def main(args: argparse.Namespace) -> SweepOutcome:
     sweep = load_sweep_config(args.config, args.set)
     home = output_home(args.output_root)
+    tracking = Tracking.start(home, verbose=args.verbose)  # MLflow's store opens while the trials run
     base = anchor_outputs(experiment_config(sweep, args.config), home, args.storage)
     if args.num_workers:
         base.scaling.num_workers = args.num_workers
@@ -69,7 +73,8 @@ def main(args: argparse.Namespace) -> SweepOutcome:
     print(f"Sweep {name}: {total_trials(plan.search, plan.tune)} trials of {plan.config.model.name} on {plan.data_root}, "
           f"{plan.trial_sizing.describe()}. Outputs under {home}.", flush=True)
     try:
-        outcome = run_sweep(plan, resume=resume, promote_best=base.output.promote and not args.no_promote)
+        outcome = run_sweep(plan, resume=resume, promote_best=base.output.promote and not args.no_promote,
+                            champion=args.promote, tracking=tracking)
     except KeyboardInterrupt:
         rerun = " ".join(["python", Path(sys.argv[0]).as_posix(), f"--config={args.config}", "--resume",
                           f"--name={name}", *([f"--output-root={args.output_root}"] if args.output_root else [])])
@@ -97,7 +102,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (trials run one per GPU)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep value, e.g. --set tune.num_samples=4 (repeatable)")
-    parser.add_argument("--no-promote", action="store_true", help="do not copy the best model to artifacts/")
+    parser.add_argument("--promote", action="store_true",
+                        help="make the best trial the champion at once (default: the challenger)")
+    parser.add_argument("--no-promote", action="store_true", help="do not register the best model nor touch "
+                                                                  "artifacts/")
     add_verbose_flag(parser)
     return parser
 

@@ -2,7 +2,10 @@
 corrections, then keep the new model only when it is better where it was wrong and no worse where it was right.
 
 The steps without Ray live in `deepfake_platform.fine_tuning` (the feedback split, the combined data root,
-judging, the promotion rule, the report); this module runs them around one Ray Train run and promotes.
+judging, the promotion rule, the report); this module runs them around one Ray Train run, tracks the run in
+MLflow and, when the rule says so, registers the new model as a version fine-tuned from the one it started
+from: the challenger by default (the server shadows it), the champion with `champion=True` (`--promote`) or
+when there is no champion yet.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from deepfake_platform.checkpoints import DetectorCheckpoint, file_sha256, read_checkpoint
+from deepfake_platform.checkpoints import DetectorCheckpoint, file_sha256, read_checkpoint, write_checkpoint
 from deepfake_platform.config import ExperimentConfig, OutputConfig, apply_overrides, config_from_dict
 from deepfake_platform.data import resolve_data_root
 from deepfake_platform.evaluation import calibrate_checkpoint
@@ -23,10 +26,12 @@ from deepfake_platform.fine_tuning.judging import judge
 from deepfake_platform.fine_tuning.report import write_fine_tune_report
 from deepfake_platform.media import MediaScorer, scoring_choices
 from deepfake_platform.orchestration.cluster import ensure_ray
-from deepfake_platform.orchestration.finalize import promote as promote_model
+from deepfake_platform.orchestration.finalize import publish
 from deepfake_platform.orchestration.train import run_training
 from deepfake_platform.outputs import RunPaths, anchor_outputs, output_home
 from deepfake_platform.predict import Predictor
+from deepfake_platform.registry import Registry
+from deepfake_platform.tracking import RunRecord, Tracking
 
 
 def fine_tune_config(record: DetectorCheckpoint, source: str, *, name: str, data_root: Path, epochs: int,
@@ -59,10 +64,11 @@ def keep_previous(artifacts: Path) -> Path | None:
 def fine_tune(*, checkpoint: str | Path, feedback_dir: str | Path, data: str | None = None, epochs: int = 2,
               lr: float | None = None, margin: float = 0.01, min_robust_auc: float | None = None,
               held_back: float = 0.3, repeat: int | None = None,
-              name: str | None = None, promote: bool = True, overrides: list[str] | None = None,
-              verbose: bool = False, home: Path | None = None) -> dict[str, Any]:
+              name: str | None = None, promote: bool = True, champion: bool = False,
+              overrides: list[str] | None = None, verbose: bool = False, home: Path | None = None) -> dict[str, Any]:
     """Fine-tune `checkpoint` on its training data plus the feedback through Ray Train, judge before and
-    after, promote when the rule says so, write the report; the result (also in runs/<run>/fine_tune.json)."""
+    after, register when the rule says so (`promote`; the champion when `champion`, else the challenger), track
+    the run, write the report; the result (also in runs/<run>/fine_tune.json)."""
     if margin < 0:
         raise FeedbackError(f"--margin must be 0 or more (the validation AUC the new model may lose), not {margin}.")
     checkpoint = Path(checkpoint).expanduser().resolve()
@@ -76,6 +82,7 @@ def fine_tune(*, checkpoint: str | Path, feedback_dir: str | Path, data: str | N
         )
     train_items, held_items = split_feedback(items, held_back)
     home = home or output_home()
+    tracking = Tracking.start(home, verbose=verbose)  # MLflow's store opens while the model trains
     # Outputs under this command's home, like every other command's (the record's paths may be another machine's).
     original = anchor_outputs(record.experiment_config.model_copy(update={"output": OutputConfig()}), home)
     data_root = resolve_data_root(data, original.data.root, original.data.embedded, home)
@@ -130,16 +137,38 @@ def fine_tune(*, checkpoint: str | Path, feedback_dir: str | Path, data: str | N
         "reason": reason if promote or not chosen else reason.replace("Promoted", "Would promote") + " (--no-promote)",
         "promoted": None,
         "previous": None,
+        "registered": None,
     }
-    if chosen and promote:
-        previous = keep_previous(paths.artifacts)
+    register = chosen and promote
+    model = write_checkpoint(new.without_optimizer(), paths.run_dir / "model" / "best.pth") if register else None
+    run_id = tracking.log_run(RunRecord(
+        name=run_name, params={**config.to_dict(), "fine_tune": {"from": str(checkpoint), "margin": margin,
+                                                                  "held_back": held_back}},
+        history=new.history, model=model, files=[],
+        metrics={**{f"before_{k}": before[k] for k in ("val_auc", "test_auc")},
+                 **{f"after_{k}": after[k] for k in ("val_auc", "test_auc")},
+                 "before_feedback_accuracy": before["feedback"]["accuracy"],
+                 "after_feedback_accuracy": after["feedback"]["accuracy"]},
+        tags={"kind": "fine-tune", "decision": result["decision"], "from_sha256": result["from_sha256"]}),
+        finish=False)
+    if model is not None:
+        registry = Registry(home, paths.artifacts, tracking=tracking)
+        parent = registry.version_by_sha256(result["from_sha256"]) if run_id else None
+        # The served model is replaced only when the new one becomes the champion: keep it first.
+        replaces = champion or run_id is None or not registry.state().get("champion")
+        previous = keep_previous(paths.artifacts) if replaces else None
         summary = {"run": run_name, "fine_tuned_from": str(checkpoint),
                    "best": {"epoch": new.epoch, "val_auc": new.val_auc, "val_threshold": new.val_threshold},
                    "fine_tune": {"before": {k: before[k] for k in ("val_auc", "test_auc")},
                                  "after": {k: after[k] for k in ("val_auc", "test_auc")}}}
-        result["promoted"] = str(promote_model(new, paths.artifacts, summary))
-        result["previous"] = str(previous) if previous else None
-    result["report"] = str(write_fine_tune_report(result, paths.run_dir))
+        tags = {"kind": "fine-tune", "run": run_name, "data_root": str(data_root), "val_auc": after["val_auc"],
+                "test_auc": after["test_auc"], "parent_version": parent}
+        result["promoted"], result["registered"] = publish(model, paths.artifacts, summary, tracking=tracking,
+                                                           run_id=run_id, tags=tags, champion=champion)
+        result["previous"] = str(previous) if previous and result["promoted"] else None
+    report = write_fine_tune_report(result, paths.run_dir)
+    result["report"] = str(report)
+    tracking.finish(run_id, [report, report.parent / "fine_tune.json"])
     return result
 
 

@@ -82,6 +82,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += [f"| checkpoint | `{best['checkpoint']}` |"]
     if results.get("promoted"):
         lines.append(f"| promoted to | `{results['promoted']}` |")
+    if results.get("registered"):
+        registered = results["registered"]
+        lines.append(f"| registered as | version {registered['version']} ({registered['role']}), "
+                     f"`{registered['file']}` |")
 
     lines += ["", SECTIONS[1], "", f"Test split: {test['n']} images ({test['n_real']} real, {test['n_fake']} fake).", ""]
     lines += [render_metrics_table(test), "", "![ROC on test](roc_test.png)", ""]

@@ -2,8 +2,14 @@
 
 Read top to bottom: how big a trial is (`size_trials`, pure), the plan a sweep freezes (`SweepPlan`),
 one trial (`run_trial`: a Tune driver fitting the main job's TorchTrainer), the tuner (`build_tuner`),
-then `run_sweep`: the table, the plot, SWEEP.md, and the best healthy trial tested and promoted with
+then `run_sweep`: the table, the plot, SWEEP.md, and the best healthy trial tested and registered with
 the main job's `finalize_run`. Ray lines are marked `# ray:`.
+
+In MLflow a finished sweep is a parent run with one child run per trial, logged from the driver once the
+trials are done (Ray's MLflowLoggerCallback would open runs as trials start, so a stopped and resumed sweep
+would leave duplicate, never-closed runs; each trial's epochs are in its checkpoints anyway). The best
+trial's child holds its test metrics, report and model, registered as the challenger (the champion with
+`--promote`, or when there is none yet).
 
 Layout of one sweep S under the output home H and the Ray storage R (default H/ray_results):
 
@@ -11,7 +17,8 @@ Layout of one sweep S under the output home H and the Ray storage R (default H/r
     R/S/train/<trial>/            each trial's Ray Train run (its latest checkpoint, for resuming it)
     H/checkpoints/S/<trial>/      each trial's epoch_XXX_auc_Y.pth and best.pth
     H/runs/S/                     SWEEP.md, sweep.csv, sweep.md, val_auc_vs_lr.png, <best trial>/RESULTS.md
-    H/artifacts/best.pth          the best healthy trial's best checkpoint, promoted
+    H/artifacts/models/v<N>.pth   the best healthy trial's best checkpoint, registered (best.pth when champion)
+    H/mlruns/                     the MLflow store (unless $MLFLOW_TRACKING_URI): the sweep and its trials
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from deepfake_platform.checkpoints import DetectorCheckpoint, epoch_checkpoints, read_checkpoint
 from deepfake_platform.config import ExperimentConfig, config_from_dict, with_changes
 from deepfake_platform.errors import InvalidInput, MissingInput
 from deepfake_platform.orchestration.sweep_config import SweepConfig
@@ -37,6 +45,7 @@ from deepfake_platform.orchestration.sweep_report import (
 )
 from deepfake_platform.outputs import RunPaths, is_uri, join_storage, read_status
 from deepfake_platform.reporting import write_text_atomic
+from deepfake_platform.tracking import RunRecord, Tracking
 
 # ---- how big a trial is, from the cluster's nodes (pure) --------------------------------------------
 
@@ -307,8 +316,10 @@ def rows_from_results(results, plan: SweepPlan) -> list[dict[str, Any]]:
     return sort_rows(rows)
 
 
-def run_sweep(plan: SweepPlan, *, resume: bool, promote_best: bool = True) -> SweepOutcome:
-    """Fit (or resume) the sweep, then write the table, plot and SWEEP.md and test + promote the best trial.
+def run_sweep(plan: SweepPlan, *, resume: bool, promote_best: bool = True, champion: bool = False,
+              tracking: Tracking | None = None) -> SweepOutcome:
+    """Fit (or resume) the sweep, then write the table, plot and SWEEP.md, test + register the best trial (the
+    challenger, or the champion when `champion`) and track the sweep with its trials.
 
     Ctrl-C raises KeyboardInterrupt out of here (Tune's own handler is off, see experiments/tune_sweep.py):
     the caller stops Ray, and finished trials stay done for `--resume`.
@@ -325,8 +336,13 @@ def run_sweep(plan: SweepPlan, *, resume: bool, promote_best: bool = True) -> Sw
     run_dir = plan.run_dir
     write_table(rows, run_dir)
     plot_auc_vs_lr(rows, run_dir / "val_auc_vs_lr.png")
-    best = finalize_best(plan, rows, promote_best=promote_best)
     config = plan.config
+    tracking = tracking or Tracking.start(Path(config.output.artifacts_dir).parent)
+    parent = tracking.start_parent(plan.sweep, {"search": plan.search, "tune": plan.tune, "data_root": plan.data_root,
+                                                "experiment": plan.experiment}, tags={"kind": "sweep"})
+    best = finalize_best(plan, rows, promote_best=promote_best, champion=champion, tracking=tracking,
+                         parent_run_id=parent)
+    track_trials(plan, rows, tracking, parent, skip=best["row"]["trial"] if best else None)
     summary = {
         "sweep": plan.sweep, "model": config.model.name, "data_root": plan.data_root, "search": plan.search,
         "tune": plan.tune, "sizing": plan.trial_sizing.describe(), "batch_size": config.train.batch_size,
@@ -335,11 +351,15 @@ def run_sweep(plan: SweepPlan, *, resume: bool, promote_best: bool = True) -> Sw
         "train_path": join_storage(plan.storage, plan.sweep, "train"),
     }
     report = write_text_atomic(run_dir / "SWEEP.md", render_sweep_report(summary, rows, best))
+    tracking.finish(parent, [report, run_dir / "sweep.csv", run_dir / "sweep.md", run_dir / "val_auc_vs_lr.png"],
+                    metrics={"best_val_auc": best["row"]["best_val_auc"] if best else math.nan,
+                             "trials": len(rows), "wall_time_s": summary["wall_time_s"]})
     return SweepOutcome(plan, rows, report, best["checkpoint"] if best else None, best["promoted"] if best else None)
 
 
-def finalize_best(plan: SweepPlan, rows: list[dict[str, Any]], *, promote_best: bool) -> dict[str, Any] | None:
-    """Test the best healthy trial's best checkpoint and promote it, with the main job's finalize_run."""
+def finalize_best(plan: SweepPlan, rows: list[dict[str, Any]], *, promote_best: bool, champion: bool = False,
+                  tracking: Tracking | None = None, parent_run_id: str | None = None) -> dict[str, Any] | None:
+    """Test the best healthy trial's best checkpoint and register it, with the main job's finalize_run."""
     from deepfake_platform.orchestration.finalize import finalize_run
     from deepfake_platform.orchestration.train import TrainingOutcome
 
@@ -351,6 +371,28 @@ def finalize_best(plan: SweepPlan, rows: list[dict[str, Any]], *, promote_best: 
     checkpoint = paths.checkpoints / "best.pth"
     report = finalize_run(TrainingOutcome(config, paths, checkpoint, row["time_s"], row["time_s"],
                                           config.scaling.cpus_per_worker),
-                          Path(plan.data_root), promote_best=promote_best)
+                          Path(plan.data_root), promote_best=promote_best, champion=champion, tracking=tracking,
+                          parent_run_id=parent_run_id, kind="sweep")
     results = json.loads((report.parent / "results.json").read_text())
-    return {"row": row, "checkpoint": checkpoint, "test": results["test"]["metrics"], "promoted": results["promoted"]}
+    return {"row": row, "checkpoint": checkpoint, "test": results["test"]["metrics"], "promoted": results["promoted"],
+            "registered": results.get("registered")}
+
+
+def track_trials(plan: SweepPlan, rows: list[dict[str, Any]], tracking: Tracking, parent_run_id: str | None, *,
+                 skip: str | None) -> None:
+    """One child run per trial (but `skip`, the best, which finalize_run tracked): its config, how it ended, its
+    epochs (from its last epoch checkpoint, step=epoch)."""
+    if parent_run_id is None:
+        return
+    checkpoints = Path(plan.config.output.checkpoints_dir) / plan.sweep
+    for row in rows:
+        if row["trial"] == skip:
+            continue
+        epochs = epoch_checkpoints(checkpoints / row["trial"])
+        history = read_checkpoint(epochs[-1], DetectorCheckpoint).history if epochs else []
+        config = trial_experiment(plan.experiment, row, f"{plan.sweep}/{row['trial']}")
+        tracking.log_run(RunRecord(
+            name=config.name, params=config.to_dict(), history=history, files=[],
+            metrics={key: row[key] for key in ("best_val_auc", "epochs_run", "time_s") if row.get(key) is not None},
+            tags={"kind": "sweep-trial", "status": row["status"], "data_root": plan.data_root},
+            parent_run_id=parent_run_id))

@@ -1,12 +1,12 @@
 """Manage the registered detector's versions: which one answers (champion), which one is on trial (challenger).
 
-    python experiments/models.py list                                  # versions, roles, AUCs, runs
-    python experiments/models.py show 4                                # one version: tags, source run, file
-    python experiments/models.py challenge 4                           # on trial; the Serve config says how
-    python experiments/models.py challenge 4 --mode canary --fraction 0.1
-    python experiments/models.py promote 4                             # version 4 answers
-    python experiments/models.py promote 4 --min-shadowed 500 --min-corrections 20   # only on enough evidence
-    python experiments/models.py rollback                              # the previous champion answers again
+    python experiments/registry.py list                                  # versions, roles, AUCs, runs
+    python experiments/registry.py show 4                                # one version: tags, source run, file
+    python experiments/registry.py challenge 4                           # on trial; the Serve config says how
+    python experiments/registry.py challenge 4 --mode canary --fraction 0.1
+    python experiments/registry.py promote 4                             # version 4 answers
+    python experiments/registry.py promote 4 --min-shadowed 500 --min-corrections 20   # only on enough evidence
+    python experiments/registry.py rollback                              # the previous champion answers again
 
 Versions are registered by training (`reproduce_baseline.py`: the champion), sweeps and fine-tunes (the
 challenger unless they were run with --promote), in the MLflow store of the output home
