@@ -34,6 +34,7 @@ from deepfake_platform.media import scoring_choices
 from deepfake_platform.monitoring import reference_scores
 from serve.detector import Detector
 from serve.ingress import DeepfakeAPI
+from serve.lifecycle import model_scoring
 from serve.serve_run import end_serve_run
 from serve.settings import app_args
 
@@ -90,7 +91,12 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     records = member_records(path, record)  # the detectors' own, in the order of `detectors`
     # Faces cropped and thresholds as the model's records say (as predict.py and score.py do); args.faces
     # overrides the face mode.
-    choices = scoring_choices(record, records, faces=settings.faces or None, num_frames=settings.video_frames)
+    try:
+        choices = scoring_choices(record, records, faces=settings.faces or None, num_frames=settings.video_frames,
+                                  operating_point=settings.operating_point)
+    except CheckpointError as err:  # an operating point the model does not record
+        end_serve_run(f"error: {err}")
+        raise ModelUnavailable(str(err)) from None
     neural = [name for name, member in zip(detectors, records, strict=True) if isinstance(member, DetectorCheckpoint)]
     return DeepfakeAPI.bind(
         detectors, settings=settings, choices=choices, combiner=combiner, model=model,
@@ -99,4 +105,6 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         reference=reference_scores(record.val_scores),
         auth_required=bool(os.environ.get(settings.token_env)),
         challengers=challengers,
+        # An ensemble's thresholds are its spec's; a single detector's come with its probabilities.
+        scoring=model_scoring(record) if isinstance(record, EnsembleCheckpoint) else None,
     )

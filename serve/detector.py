@@ -45,7 +45,8 @@ class Detector:
         """The detector's identity (with its registered version and role), threshold and validation AUC; its
         validation scores too with `reference` (drift is measured against them)."""
         loaded = self.watcher.current()
-        info = {**loaded.member.info.to_dict(), "identity": loaded.identity}
+        info = {**loaded.member.info.to_dict(), "identity": loaded.identity,
+                "operating_points": loaded.scoring.get("thresholds")}
         if reference:
             info["reference"] = reference_scores(getattr(loaded.member.record, "val_scores", None) or {})
         return info
@@ -63,10 +64,11 @@ class Detector:
         return await asyncio.to_thread(run)
 
     @serve.batch(max_batch_size=BATCH_DEFAULTS.max_batch_size, batch_wait_timeout_s=BATCH_DEFAULTS.batch_wait_timeout_s)
-    async def predict(self, images: list[Image.Image]) -> list[tuple[float, dict[str, Any]]]:
+    async def predict(self, images: list[Image.Image]) -> list[tuple[float, dict[str, Any], dict[str, Any]]]:
         """Fake probabilities for a batch of RGB images (Serve gathers single calls into the list), each with
-        the identity of the model that scored it (one model per batch, even while a switch is under way)."""
+        the identity of the model that scored it and its thresholds and calibration (one model per batch,
+        even while a switch is under way)."""
         loaded = self.watcher.current()
         # In a thread, so the replica still answers info() and health checks during a long batch.
         probabilities = await asyncio.to_thread(loaded.member.predict_images, images)
-        return [(float(p), loaded.identity) for p in probabilities]
+        return [(float(p), loaded.identity, loaded.scoring) for p in probabilities]

@@ -26,6 +26,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
+from deepfake_platform.calibration import OPERATING_POINTS, Calibration
 from deepfake_platform.ensemble import Combiner
 from deepfake_platform.feedback import LABELS as FEEDBACK_LABELS
 from deepfake_platform.feedback import FeedbackStore
@@ -73,7 +74,7 @@ class DeepfakeAPI:
     def __init__(self, detectors: dict[str, DeploymentHandle], *, settings: AppArgs, choices: ScoringChoices,
                  combiner: dict[str, Any], model: dict[str, str] | None, explainer: str | None,
                  reference: list[float], auth_required: bool,
-                 challengers: dict[str, DeploymentHandle] | None = None):
+                 challengers: dict[str, DeploymentHandle] | None = None, scoring: dict[str, Any] | None = None):
         self.token = os.environ.get(settings.token_env, "")
         if auth_required and not self.token:
             raise RuntimeError(
@@ -86,6 +87,11 @@ class DeepfakeAPI:
         # Faces cropped, thresholds and frames as the model's record says, unless args override them.
         self.scorer = MediaScorer(choices=choices, max_pixels=settings.max_pixels)
         self.threshold = choices.threshold
+        # How the deployed model's probabilities are read (thresholds per operating point, calibration): an
+        # ensemble's from its spec; a single detector's come with each probability, from the version that gave it.
+        self.scoring = scoring or {"thresholds": {choices.operating_point: [choices.threshold,
+                                                                            choices.video_threshold]}}
+        self.scorers: dict[tuple[Any, ...], MediaScorer] = {}
         # None for a single detector: its identity, read once its replica has loaded it.
         self.model = model
         self.members: list[dict[str, Any]] | None = None
@@ -112,10 +118,18 @@ class DeepfakeAPI:
         probability, the image its most suspicious face, a video the mean of its sampled frames."""
         started = time.perf_counter()
         self._authorize(request)
+        point = self._operating_point(request)
         uploads = await read_uploads(request, self.settings)
         if len(uploads) != 1:
             raise APIError(400, f"/predict takes one file, got {len(uploads)}; send several to /predict/batch.")
-        return (await self._predict(uploads, started, "/predict"))[0]
+        return (await self._predict(uploads, started, "/predict", point))[0]
+
+    def _operating_point(self, request: Request) -> str:
+        """The request's `?operating_point=` (balanced, high_precision, high_recall), else the config's."""
+        point = request.query_params.get("operating_point") or self.settings.operating_point
+        if point not in OPERATING_POINTS:
+            raise APIError(400, f"unknown operating_point {point!r}; use one of {', '.join(OPERATING_POINTS)}.")
+        return point
 
     def _authorize(self, request: Request) -> None:
         if not self.token:
@@ -125,11 +139,11 @@ class DeepfakeAPI:
             raise APIError(401, "missing or wrong API token: send the header `Authorization: Bearer <token>`.",
                            headers={"WWW-Authenticate": "Bearer"})
 
-    async def _predict(self, uploads: list[Upload], started: float, route: str) -> list[dict[str, Any]]:
+    async def _predict(self, uploads: list[Upload], started: float, route: str, point: str) -> list[dict[str, Any]]:
         """The answers to `uploads`, scored concurrently, each recorded with its request id; a challenger's
         comparison runs after the answers are sent."""
         await self._load_members()
-        answers = await asyncio.gather(*(self._predict_one(upload) for upload in uploads))
+        answers = await asyncio.gather(*(self._predict_one(upload, point) for upload in uploads))
         latency_ms = (time.perf_counter() - started) * 1000.0
         results = []
         for upload, (answer, pending) in zip(uploads, answers, strict=True):
@@ -161,7 +175,7 @@ class DeepfakeAPI:
                             for name, info in zip(self.detectors, infos, strict=True)]
         return self.members
 
-    async def _predict_one(self, upload: Upload) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    async def _predict_one(self, upload: Upload, point: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """One upload's answer: its pictures, their crops, every detector's scores, the combined verdict; and
         what the challenger still has to be compared on, if one is on trial."""
         kind, pictures, frames = await self._pictures(upload)
@@ -170,29 +184,36 @@ class DeepfakeAPI:
         if arm is not None and arm.canary:
             started = time.perf_counter()
             try:
-                answer = await self._answer(kind, upload.name, plan, self.challengers, version=arm.version)
+                answer = await self._answer(kind, upload.name, plan, point, self.challengers, version=arm.version)
                 challenger = {**answer, "latency_ms": (time.perf_counter() - started) * 1000.0}
-                return answer, {"arm": arm, "kind": kind, "plan": plan, "answered": challenger}
+                return answer, {"arm": arm, "kind": kind, "plan": plan, "point": point, "answered": challenger}
             except ModelNotReady:
                 pass  # loading, or another version: the champion answers, nothing counted
+            except APIError:
+                raise  # the request's own fault (an operating point the model lacks): the same for both
             except Exception as err:  # noqa: BLE001 - the challenger failed: the champion answers instead
                 reason = self.trial.record(arm, champion=None, challenger=None, error=_describe(err))
                 await self._withdraw_if(arm, reason)
                 arm = None
         started = time.perf_counter()
-        answer = await self._answer(kind, upload.name, plan, self.detectors)
+        answer = await self._answer(kind, upload.name, plan, point, self.detectors)
         if arm is None:
             return answer, None
         champion = {**answer, "latency_ms": (time.perf_counter() - started) * 1000.0}
-        return answer, {"arm": arm, "kind": kind, "plan": plan, "answered": champion}
+        return answer, {"arm": arm, "kind": kind, "plan": plan, "point": point, "answered": champion}
 
-    async def _answer(self, kind: str, name: str | None, plan: Any, detectors: dict[str, DeploymentHandle],
-                      version: int | None = None) -> dict[str, Any]:
-        """The verdict of `detectors` on a planned upload (`version`: only from that registered version)."""
-        scorer = self.scorer
-        probabilities, identities = await self._scores(plan.inputs, detectors)
+    async def _answer(self, kind: str, name: str | None, plan: Any, point: str,
+                      detectors: dict[str, DeploymentHandle], version: int | None = None) -> dict[str, Any]:
+        """The verdict of `detectors` on a planned upload at operating point `point`, labelled at the
+        thresholds of the model that gave the probabilities (`version`: only from that registered version)."""
+        probabilities, identities, scorings = await self._scores(plan.inputs, detectors)
         if version is not None and any(identity.get("version") != version for identity in identities):
             raise ModelNotReady(f"a challenger replica does not hold version {version} yet.")
+        if any(identity["sha256"] != identities[0]["sha256"] for identity in identities):
+            # A switch landed between this upload's crops: score it again, all on one model.
+            probabilities, identities, scorings = await self._scores(plan.inputs, detectors)
+        scoring = scorings[0] if scorings and not self.ensemble else self.scoring
+        scorer = self._scorer(scoring, point)
         verdicts = scorer.assemble(plan, self.combiner.apply(probabilities) if len(plan.inputs) else [])
         members = {name: scorer.assemble(plan, probabilities[:, j]) for j, name in enumerate(detectors)}
         if kind == "video":
@@ -202,12 +223,35 @@ class DeepfakeAPI:
             answer = scorer.image_verdict(verdicts[0], name).to_dict()
             scores = {name: member[0].fake_probability for name, member in members.items()}
         answer["filename"] = answer.pop("name")
+        answer["operating_point"] = point
+        calibration = Calibration.from_dict(scoring.get("calibration"))
+        answer["logit"] = calibration.raw_logit(answer["fake_probability"])  # the detector's, before calibration
+        for face in answer["faces"]:
+            face["logit"] = calibration.raw_logit(face["fake_probability"])
         model = self.model
         if not self.ensemble and identities:
             model = identities[0]  # the model that scored it: during a switch, the old or the new version
             if detectors is self.detectors:
                 self._follow_champion(model)
         return {**answer, "detectors": scores, "model": model}
+
+    def _scorer(self, scoring: dict[str, Any], point: str) -> MediaScorer:
+        """The verdicts of a model at `point`: the face crops as deployed, its own thresholds."""
+        thresholds = scoring["thresholds"].get(point)
+        if thresholds is None:
+            raise APIError(422, f"the model that answered records no {point} operating point (it predates them, "
+                                f"or its validation split held one class); use one of "
+                                f"{', '.join(scoring['thresholds'])}.")
+        key = (point, *thresholds)
+        scorer = self.scorers.get(key)
+        if scorer is None:
+            choices = self.scorer.choices.override(threshold=thresholds[0], video_threshold=thresholds[1],
+                                                   operating_point=point)
+            scorer = MediaScorer(choices=choices, max_pixels=self.settings.max_pixels)
+            if len(self.scorers) >= 32:  # versions come and go: keep the recent ones
+                self.scorers.pop(next(iter(self.scorers)))
+            self.scorers[key] = scorer
+        return scorer
 
     def _follow_champion(self, identity: dict[str, Any]) -> None:
         """After a promote or rollback: name the new champion in answers without a face, and measure drift
@@ -228,7 +272,7 @@ class DeepfakeAPI:
             self.trial.champion_version = identity.get("version")
         self.trial.references[identity.get("version")] = info["reference"]
 
-    async def _compare(self, answer: dict[str, Any], *, arm: Arm, kind: str, plan: Any,
+    async def _compare(self, answer: dict[str, Any], *, arm: Arm, kind: str, plan: Any, point: str,
                        answered: dict[str, Any]) -> None:
         """After the answer was sent: the other model's verdict on the same crops, logged beside it and
         counted in the trial; a challenger that crosses a limit is withdrawn."""
@@ -236,7 +280,7 @@ class DeepfakeAPI:
         started = time.perf_counter()
         other, error = None, None
         try:
-            other = await self._answer(kind, answer["filename"], plan,
+            other = await self._answer(kind, answer["filename"], plan, point,
                                        self.detectors if by_challenger else self.challengers,
                                        version=None if by_challenger else arm.version)
             other = {**other, "latency_ms": (time.perf_counter() - started) * 1000.0}
@@ -277,9 +321,10 @@ class DeepfakeAPI:
         return "image", [image], [None]
 
     async def _scores(self, inputs: list[Image.Image], detectors: dict[str, DeploymentHandle] | None = None
-                      ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """(inputs x detectors) fake probabilities, and the identity of the first detector's model for each
-        input; every call sent before any is awaited, so the detectors work in parallel and batch the crops."""
+                      ) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
+        """(inputs x detectors) fake probabilities, and the identity and scoring (thresholds, calibration) of
+        the first detector's model for each input; every call sent before any is awaited, so the detectors
+        work in parallel and batch the crops."""
         detectors = self.detectors if detectors is None else detectors
         deadline = time.monotonic() + self.settings.retry_timeout_s
         suffix = "" if detectors is self.detectors else " (challenger)"  # the latency metric's label
@@ -290,12 +335,12 @@ class DeepfakeAPI:
         finally:
             for call in (call for row in calls for call in row):
                 call.cancel()
-        probabilities = np.array([[p for p, _ in row] for row in results], dtype=np.float64).reshape(
+        probabilities = np.array([[scored[0] for scored in row] for row in results], dtype=np.float64).reshape(
             len(inputs), len(detectors))
-        return probabilities, [row[0][1] for row in results]
+        return probabilities, [row[0][1] for row in results], [row[0][2] for row in results]
 
     async def _score(self, name: str, handle: DeploymentHandle, image: Any, deadline: float
-                     ) -> tuple[float, dict[str, Any]]:
+                     ) -> tuple[float, dict[str, Any], dict[str, Any]]:
         """One detector's probability for one image. A prediction is idempotent: when the replica serving it
         dies, it is sent again (to a live or a replacement replica) until `retry_timeout_s` has passed."""
         attempt = 0
@@ -331,10 +376,11 @@ class DeepfakeAPI:
         started = time.perf_counter()
         self._authorize(request)
         uploads = await read_uploads(request, self.settings)
+        point = self._operating_point(request)
         if len(uploads) > self.settings.max_batch_files:
             raise APIError(413, f"{len(uploads)} images is more than the limit of {self.settings.max_batch_files} "
                                 "per request; split the batch.")
-        return await self._predict(uploads, started, "/predict/batch")
+        return await self._predict(uploads, started, "/predict/batch", point)
 
     @api.post("/explain", responses={**ERRORS, 200: {"content": {"image/png": {}},
                                                      "description": "the heatmap of the most suspicious face"}},
@@ -355,7 +401,7 @@ class DeepfakeAPI:
         await self._load_members()
         _, pictures, frames = await self._pictures(uploads[0])
         plan = await asyncio.to_thread(self.scorer.plan, pictures, frames)
-        probabilities, _ = await self._scores(plan.inputs)
+        probabilities, _, _ = await self._scores(plan.inputs)
         fused = self.combiner.apply(probabilities) if len(plan.inputs) else np.zeros(0)
         top = int(np.argmax(fused)) if len(fused) else 0
         png, probability = await self.detectors[self.explainer].explain.remote(plan.inputs[top])
@@ -428,12 +474,19 @@ class DeepfakeAPI:
         """What is deployed: the model or ensemble, its threshold, the combiner and every member."""
         self._authorize(request)
         members = await self._load_members()
+        model, operating_points = self.model, self.scoring["thresholds"]
+        if not self.ensemble:  # the version answering now (after a promote or a rollback), not the first one
+            info = await next(iter(self.detectors.values())).info.remote()
+            model, operating_points = info["identity"], info["operating_points"]
+            members = [{**members[0], **info, "name": members[0]["name"], "detector": info["name"]}]
         combiner = self.combiner.to_dict()
         if self.combiner.kind == "weighted":
             combiner["weights"] = dict(zip(self.detectors, self.combiner.weights, strict=True))
         if self.combiner.kind == "stacking":
             combiner["coef"] = dict(zip(self.detectors, self.combiner.coef, strict=True))
-        return {"model": self.model, "threshold": self.threshold, "combiner": combiner, "members": members,
+        return {"model": model, "threshold": operating_points.get(self.settings.operating_point, [self.threshold])[0],
+                "operating_point": self.settings.operating_point, "operating_points": operating_points,
+                "combiner": combiner, "members": members,
                 "challenger": (self.trial.snapshot() or {}).get("challenger"),
                 "limits": {**self.settings.limits(), "video_frames": self.scorer.num_frames}}
 

@@ -43,11 +43,29 @@ class ModelFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Loaded:
-    """A replica's model: the member that scores, and what answers say about it."""
+    """A replica's model: the member that scores, what answers say about it, and how its probabilities are
+    read (its thresholds per operating point, its calibration: `model_scoring`)."""
 
     member: Any
     identity: dict[str, Any]
     key: tuple[Any, ...]
+    scoring: dict[str, Any] = field(default_factory=dict)
+
+
+def model_scoring(record: Any, calibration: Any = None) -> dict[str, Any]:
+    """The thresholds (picture, video) of every operating point a record chose on validation, and the
+    calibration that gives back the raw logit: what the ingress needs to label this model's probabilities,
+    whichever version gave them."""
+    from deepfake_platform.calibration import OPERATING_POINTS
+    from deepfake_platform.checkpoints import CheckpointError, operating_thresholds
+
+    thresholds = {}
+    for point in OPERATING_POINTS:
+        try:
+            thresholds[point] = list(operating_thresholds(record, point))
+        except CheckpointError:
+            continue  # a record from before operating points knows `balanced` only
+    return {"thresholds": thresholds, "calibration": calibration.to_dict() if calibration is not None else None}
 
 
 class ModelWatcher:
@@ -136,7 +154,8 @@ class ModelWatcher:
             identity = {"name": info["name"], "checkpoint": info["checkpoint"], "sha256": info["sha256"],
                         "registered_model": registered, "version": version,
                         "role": self.role if version is not None else None}
-            self._swap(Loaded(member, identity, key), None)
+            scoring = model_scoring(member.record, getattr(member, "calibration", None))
+            self._swap(Loaded(member, identity, key, scoring), None)
             if version is not None:
                 logger.info("the %s is now version %s (%s)", self.role, version, path)
 

@@ -68,6 +68,10 @@ class AppArgs(Section):
     video_frames: int | None = Field(None, ge=1)
     # Empty: crop faces as the model was trained (its checkpoint's face preset); off, largest or all override it.
     faces: Literal["", "off", "largest", "all"] = ""
+    # Which of the model's thresholds labels an answer (a request may ask for another: ?operating_point=):
+    # balanced (Youden's J on validation), high_precision (at most the target false-positive rate there) or
+    # high_recall (at most the target false-negative rate).
+    operating_point: Literal["balanced", "high_precision", "high_recall"] = "balanced"
     # Monitoring: the last drift_window scores against the validation scores; one JSON line per answer
     # (never the image) under log_dir, "" for none. Relative paths are from where `serve run` runs.
     drift_window: int = Field(500, ge=10)

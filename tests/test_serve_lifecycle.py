@@ -52,7 +52,10 @@ def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("lifecycle")
     artifacts = root / "artifacts"
     v1 = registered(artifacts, 1, tiny_record(seed=0))
-    record = tiny_record(seed=0)
+    # Version 2 answers near 1 and reads its probabilities at thresholds of its own (a balanced one of 0.97,
+    # and a high-precision one), which version 1 (0.5, balanced only) does not have.
+    record = tiny_record(seed=0, val_threshold=0.97, operating_points={
+        "high_precision": {"threshold": 0.99, "target_fpr": 0.01, "val_fpr": 0.0, "val_fnr": 0.5}})
     record.model_state_dict["head.4.bias"] = record.model_state_dict["head.4.bias"] + 4.0
     v2 = registered(artifacts, 2, record)
     shutil.copyfile(artifacts / "models" / "v1.pth", artifacts / "best.pth")
@@ -162,9 +165,10 @@ def test_a_canary_answers_its_share_and_says_so(client, registry):
     answers = answers_of(client, registry, 400)
     roles = Counter(answer["model"]["role"] for answer in answers)
     assert abs(roles["challenger"] / 400 - 0.25) <= 0.06, roles
-    for answer in answers:  # each answer names the model that really gave it
+    for answer in answers:  # each answer names the model that really gave it, and is read at its thresholds
         assert answer["model"]["version"] == version_by_probability(answer["fake_probability"])
         assert answer["model"]["role"] == ("challenger" if answer["model"]["version"] == 2 else "champion")
+        assert answer["threshold"] == (0.97 if answer["model"]["version"] == 2 else 0.5)
 
 
 def test_promote_and_rollback_under_load_lose_no_request(client, registry):
@@ -205,12 +209,30 @@ def test_promote_and_rollback_under_load_lose_no_request(client, registry):
                "the rollback never took effect")
 
 
+def test_an_operating_point_is_read_at_the_answering_versions_threshold(client, registry):
+    image = registry["images"][0]
+    response = client.post("/predict?operating_point=high_precision", files={"file": ("a.jpg", image, "image/jpeg")})
+    assert response.status_code == 422 and "records no high_precision operating point" in response.text
+    response = client.post("/predict?operating_point=cautious", files={"file": ("a.jpg", image, "image/jpeg")})
+    assert response.status_code == 400 and "balanced, high_precision, high_recall" in response.text
+    set_roles(registry, champion=registry["v2"], challenger=None)
+    eventually(lambda: predict(client, image)["model"]["version"] == 2 or None, 30, "the promotion never took effect")
+    response = client.post("/predict?operating_point=high_precision", files={"file": ("a.jpg", image, "image/jpeg")})
+    assert response.status_code == 200, response.text
+    assert response.json()["threshold"] == 0.99
+    models = client.get("/models").json()
+    assert models["model"]["version"] == 2 and models["threshold"] == 0.97
+    assert models["operating_points"]["high_precision"][0] == 0.99
+
+
 def test_a_failing_challenger_is_withdrawn_and_the_champion_answers_all(client, registry):
     broken = registry["artifacts"] / "models" / "v3.pth"
     broken.write_bytes(b"not a checkpoint at all")
     v3 = {"version": 3, "file": "models/v3.pth", "sha256": file_sha256(broken), "run_id": None,
           "mode": "canary", "fraction": 0.5}
     set_roles(registry, champion=registry["v1"], challenger=v3)
+    eventually(lambda: predict(client, registry["images"][0])["model"]["version"] == 1 or None, 30,
+               "the rollback to version 1 never took effect")
     eventually(lambda: (monitoring(client)["challenger_trial"] or {}).get("challenger", {}).get("version") == 3, 30,
                "the broken challenger was never put on trial")
     answers = answers_of(client, registry, 60)  # every one answered: the champion stands in for the failures
