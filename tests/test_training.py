@@ -76,6 +76,15 @@ def test_smoke_run_then_resume(tmp_path, data_root):
     promoted = read_checkpoint(tmp_path / "artifacts" / "best.pth")
     assert promoted.optimizer_state_dict is None and promoted.epoch == best.epoch
     assert json.loads((tmp_path / "artifacts" / "best.json").read_text())["run"] == "X"
+    # Tracked in the home's MLflow store and registered as the champion (the first version).
+    assert "Registered as version 1 of the detector, the champion." in console
+    client, run = tracked_run(tmp_path, "X")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [0, 1]
+    assert run.data.params["train.precision"] == "fp32" and run.data.metrics["test_auc"] == results["test"]["metrics"]["auc"]
+    logged = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {"RESULTS.md", "results.json", "roc_test.png", "model"} <= logged
+    assert (tmp_path / "artifacts" / "best.pth").read_bytes() == (tmp_path / "artifacts" / "models" / "v1.pth").read_bytes()
+    assert client.get_model_version_by_alias("deepfake-detector", "champion").run_id == run.info.run_id
     # One predict path: evaluate.py on the validation split finds the AUC training recorded.
     evaluated = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "evaluate.py"), "--checkpoint", str(checkpoints / "best.pth"),
@@ -94,6 +103,17 @@ def test_smoke_run_then_resume(tmp_path, data_root):
     assert third.epoch == 2
     assert [row["epoch"] for row in third.history] == [0, 1, 2]
     assert "## Training by epoch" in (run_dir / "RESULTS.md").read_text()
+
+
+def tracked_run(home: Path, name: str):
+    """The MLflow client of the output home's store and the (one) run named `name` in it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("deepfake-platform")
+    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return client, runs[0]
 
 
 def test_resume_past_the_last_epoch_is_a_sentence(tmp_path):

@@ -271,3 +271,17 @@ def test_a_stopped_sweep_resumes_keeps_finished_trials_and_records_a_diverged_on
     assert promoted.val_auc == pytest.approx(float(best["best_val_auc"]))
     assert json.loads((out / "artifacts" / "best.json").read_text())["run"] == f"{name}/{best['trial']}"
     assert (run_dir / "val_auc_vs_lr.png").read_bytes()[:4] == b"\x89PNG"
+    # MLflow: the sweep is a parent run with one child per trial (the stopped first attempt left none), the
+    # best trial's child holds its model, registered as the champion since there was none yet.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("deepfake-platform").experiment_id
+    parents = client.search_runs([experiment], f"attributes.run_name = '{name}'")
+    assert len(parents) == 1 and parents[0].data.metrics["trials"] == 3
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert sorted(run.info.run_name for run in children) == sorted(f"{name}/{row['trial']}" for row in table)
+    best_run = next(run for run in children if run.info.run_name == f"{name}/{best['trial']}")
+    assert "model" in {item.path for item in client.list_artifacts(best_run.info.run_id)}
+    assert len(client.get_metric_history(best_run.info.run_id, "val_auc")) >= 1
+    assert client.get_model_version_by_alias("deepfake-detector", "champion").run_id == best_run.info.run_id
