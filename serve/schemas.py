@@ -28,25 +28,46 @@ class Face(BaseModel):
 
 
 class Frame(BaseModel):
-    """One sampled frame of a video and its verdict (its most suspicious face)."""
+    """One sampled frame of a video, its time (null when the video records no frame rate) and its verdict (its
+    most suspicious face, or not_applicable with the reason)."""
 
     frame: int | None
+    time_s: float | None = None
+    verdict: str
+    reason: str | None = None
     fake_probability: float | None
-    label: str
+    label: str | None
     faces: list[Face]
     no_face: bool
 
 
+class Credentials(BaseModel):
+    """The C2PA manifest the upload carries (content credentials), reported beside the verdict, never in it."""
+
+    present: bool
+    valid: bool | None = None
+    validation_state: str | None = None  # Valid, Trusted or Invalid
+    claim_generator: str | None = None
+    generative_ai: bool | None = None  # an action declares trainedAlgorithmicMedia or a composite form
+    digital_source_types: list[str] = []
+    validation_failures: list[str] = []
+    note: str | None = None
+
+
 class Prediction(BaseModel):
-    """The verdict for one image (its most suspicious face) or video (the mean of its frames' verdicts)."""
+    """The verdict for one image (its most suspicious face) or video (the mean of its frames' verdicts):
+    fake, real, or not_applicable (no face to judge, with the reason; then label and fake_probability are null)."""
 
     kind: str
+    verdict: str
+    reason: str | None = None
     fake_probability: float | None
     label: str | None
     threshold: float
     faces: list[Face] = []
     no_face: bool = False
     frames: list[Frame] = []
+    credentials: Credentials | None = None
     model: ModelIdentity
     detectors: dict[str, float | None]
     latency_ms: float

@@ -67,7 +67,8 @@ def server(tmp_path_factory):
     config = yaml.safe_load((REPO / "serve.config").read_text())
     app = config["applications"][0]
     app["args"].update(model=str(checkpoint), log_dir=str(root / "logs"), feedback_dir=str(root / "feedback"),
-                       feedback_cache_items=2, drift_window=16, token_env="DEEPFAKE_MONITORING_TEST_TOKEN")
+                       feedback_cache_items=2, drift_window=16, token_env="DEEPFAKE_MONITORING_TEST_TOKEN",
+                       faces="all")  # every face judged: the page draws both boxes of a photo of two faces
     detector = next(d for d in app["deployments"] if d["name"] == "Detector")
     detector.pop("num_replicas", None)
     # The Detector's autoscaling as serve.config documents it, with delays a test can wait for.
@@ -207,8 +208,8 @@ def test_a_second_detector_replica_starts_under_load_and_goes_away_after(server)
                    if str(state).endswith(("RUNNING", "STARTING")))
 
     assert replicas() == 1
-    # Pictures without a face: the crops' detector, not the ingress's face finder, is the busy part.
-    pictures = faceless_pictures()
+    # Pictures with a face: one without has no crop to send, so it would never reach the Detector.
+    pictures = face_pictures()
 
     async def load(seconds: float) -> int:
         stop = time.monotonic() + seconds
@@ -263,6 +264,54 @@ def test_the_page_checks_a_photograph_in_a_real_browser(server, tmp_path):
         assert screenshot.format == "PNG" and screenshot.width == 1200 and screenshot.height >= 900
     labels = [record["label"] for record in read_feedback(server["root"] / "feedback")]
     assert ("real" if verdict == "FAKE" else "fake") in labels
+
+
+@pytest.mark.timeout(300)
+def test_the_page_draws_each_face_of_a_photo_and_the_timeline_of_a_video(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from deepfake_platform.data.video import write_video
+
+    astronaut = Image.fromarray(skimage.data.astronaut())
+    two_faces = Image.new("RGB", (1024, 512))
+    two_faces.paste(astronaut, (0, 0))
+    two_faces.paste(astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (512, 0))
+    two_faces.save(tmp_path / "two_faces.jpg")
+    face, faceless = np.asarray(astronaut.crop((96, 0, 416, 240))), np.asarray(photo(7, 320).crop((0, 0, 320, 240)))
+    write_video(tmp_path / "clip.avi", [face, face, faceless, face, faceless, face], fps=10)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=os.environ.get("DEEPFAKE_CHROMIUM", "/usr/bin/chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(f"{server['url']}/", wait_until="load")
+            page.set_input_files("#file", str(tmp_path / "two_faces.jpg"))
+            page.wait_for_function("document.getElementById('boxes').dataset.boxes === '2'", timeout=60_000)
+            assert page.inner_text("#verdict") in ("FAKE", "REAL") and page.is_hidden("#chart")
+            page.locator("#stage").screenshot(path=str(tmp_path / "boxes.png"))
+            page.set_input_files("#file", str(tmp_path / "clip.avi"))
+            page.wait_for_function("document.getElementById('chart').dataset.points === '6'", timeout=60_000)
+            assert page.locator("#chart .point").count() == 6  # one point per sampled frame
+            assert page.locator("#chart .point.no-face").count() == 2 and page.locator("#threshold-line").count() == 1
+            widths = page.eval_on_selector_all("#faces tr", "rows => rows.map(row => row.children.length)")
+            assert len(widths) == 7 and set(widths) == {5}  # the header lines up with the columns
+            page.locator("#chart").screenshot(path=str(tmp_path / "chart.png"))
+        finally:
+            browser.close()
+
+    def share(path: Path, colour: tuple[int, int, int]) -> float:
+        """The share of pixels within a few levels of `colour`."""
+        with Image.open(path) as shot:
+            pixels = np.asarray(shot.convert("RGB")).astype(int)
+        return float(np.mean(np.abs(pixels - colour).max(axis=-1) <= 12))
+
+    # The two boxes are stroked red (fake) or green (real); the frames are red or green points, those without a
+    # face grey crosses; the threshold is purple (its line and its name).
+    assert share(tmp_path / "boxes.png", (231, 76, 60)) + share(tmp_path / "boxes.png", (46, 204, 113)) > 0.002
+    assert share(tmp_path / "chart.png", (231, 76, 60)) + share(tmp_path / "chart.png", (46, 204, 113)) > 0.001
+    assert share(tmp_path / "chart.png", (127, 140, 141)) > 0.0003 and share(tmp_path / "chart.png", (142, 68, 173)) > 0.0005
 
 
 @pytest.mark.timeout(180)
