@@ -1,7 +1,7 @@
 """The promotion gate: what a challenger did on live traffic while it was shadowed, and whether that is enough.
 
 Pure functions over the server's prediction log lines and the feedback corrections (no Ray, no MLflow), so
-`experiments/registry.py promote` and the server's `/monitoring` compute the same numbers. The server writes one
+`experiments/models.py promote` and the server's `/monitoring` compute the same numbers. The server writes one
 line per shadowed request:
 
     {"event": "shadow", "request_id": "...", "time": "...",

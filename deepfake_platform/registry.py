@@ -85,10 +85,10 @@ class Registry:
             state = read_state(self.state_file)
         except ValueError:
             raise RegistryError(f"{self.state_file} is not valid JSON, so who answers is unknown; restore it from "
-                                "a backup, or delete it and run `python experiments/registry.py promote V`.") from None
+                                "a backup, or delete it and run `python experiments/models.py promote V`.") from None
         if state is not None and not isinstance(state, dict):
             raise RegistryError(f"{self.state_file} does not hold a serving state; delete it and run "
-                                "`python experiments/registry.py promote V`.")
+                                "`python experiments/models.py promote V`.")
         return state or {"registered_model": REGISTERED_MODEL, "champion": None, "challenger": None,
                          "history": [], "withdrawn": None}
 
@@ -209,7 +209,7 @@ class Registry:
         if len(history) < 2:
             current = f"version {history[-1]} is the only champion so far" if history else "no champion yet"
             raise RegistryError(f"there is no previous champion to roll back to ({current}); promote a version "
-                                "with `python experiments/registry.py promote V` instead.")
+                                "with `python experiments/models.py promote V` instead.")
         history.pop()
         previous = history[-1]
         entry = self._entry(previous)

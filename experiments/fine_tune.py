@@ -13,7 +13,7 @@ from the checkpoint's weights. Before and after are measured on the original val
 and on the held-back feedback, answered the way the server answers. The new model is kept only when it
 answers more held-back feedback right (or as many with a lower log loss) and its validation AUC is at most
 --margin below the original's. Such a model is registered as a new version of the detector (tagged with the version it was
-fine-tuned from), the challenger: the server shadows it and `python experiments/registry.py promote V` makes it
+fine-tuned from), the challenger: the server shadows it and `python experiments/models.py promote V` makes it
 answer. `--promote` makes it the champion (artifacts/best.pth, the old one kept as
 artifacts/previous_best.pth) at once, as does the first version ever. runs/<run>/FINE_TUNE.md says which and
 why; MLflow holds the run.

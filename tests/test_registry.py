@@ -1,6 +1,6 @@
 """The model registry (a real MLflow SQLite store, tiny checkpoints, no Ray): versions, the champion and
 challenger aliases, best.pth and serving.json moving with them, the server's withdrawal, the promotion gate,
-and `experiments/registry.py` run as a user runs it."""
+and `experiments/models.py` run as a user runs it."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.factories import tiny_checkpoint
 from tests.proctools import user_env
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "experiments" / "registry.py"
+MODELS = REPO / "experiments" / "models.py"
 
 
 def register(home: Path, seed: int, *, champion: bool = False, registry: Registry | None = None) -> int:
@@ -185,8 +185,13 @@ def test_the_store_opens_with_mlflow_ui_and_an_unreachable_server_is_one_sentenc
         "check that MLFLOW_TRACKING_URI=http://127.0.0.1:9 is reachable" in said[0]
 
 
-def test_no_recipe_shadows_a_package_of_the_project():
-    """A script's folder comes first on sys.path: experiments/models.py would hide the `models` package from
-    every recipe (the registry command is experiments/registry.py for that reason)."""
-    packages = {path.parent.name for path in REPO.glob("*/__init__.py")}
-    assert not packages & {path.stem for path in (REPO / "experiments").glob("*.py")}
+def test_the_registry_command_hides_no_package_from_the_recipes_beside_it():
+    """A script's folder comes first on sys.path, so a recipe importing the project's `models` package finds
+    experiments/models.py (the command the issue names): it must hand over the real package."""
+    probe = ("import sys; sys.path.insert(0, 'experiments'); import models; "
+             "from models import create_detector; print(models.__file__)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(REPO / "models" / "__init__.py")
+    other = {path.parent.name for path in REPO.glob("*/__init__.py")} - {"models"}
+    assert not other & {path.stem for path in (REPO / "experiments").glob("*.py")}

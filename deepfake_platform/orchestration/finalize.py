@@ -113,7 +113,7 @@ def publish(model: Path, artifacts: Path, summary: dict[str, Any], *, tracking: 
     registered = registry.register(model, run_id=run_id, summary=summary, tags=tags, champion=champion)
     served = str(artifacts / "best.pth") if registered.role == "champion" else None
     print(f"Registered as version {registered.version} of the detector, the {registered.role}"
-          + ("." if served else f" (promote it with `python experiments/registry.py promote {registered.version}`)."),
+          + ("." if served else f" (promote it with `python experiments/models.py promote {registered.version}`)."),
           flush=True)
     return served, {"version": registered.version, "role": registered.role, "file": str(registered.file)}
 
