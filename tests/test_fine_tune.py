@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import skimage.data
+from PIL import Image
 
 from deepfake_platform.data.scan import load_split
 from deepfake_platform.ensemble import load_predictor
@@ -150,6 +152,28 @@ def test_held_back_feedback_is_judged_at_the_models_threshold(tmp_path):
     assert result["log_loss"] == pytest.approx(loss, rel=1e-9)
     assert result["threshold"] == 0.5 and result["auc"] is not None
     assert [answer["label"] for answer in result["answers"]] == [("real", "fake")[label] for label in labels]
+
+
+def test_held_back_feedback_a_face_model_cannot_judge_is_counted_apart_not_scored(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback")
+    astronaut = Image.fromarray(skimage.data.astronaut())
+    coffee = Image.fromarray(skimage.data.coffee())  # a photograph without a face
+    for i, (label, picture) in enumerate([("fake", astronaut), ("real", coffee), ("real", astronaut.rotate(3))]):
+        store.add(f"req-{i}", label, {"label": "real"}, encoded(picture, "PNG"), ".png")
+    items, _ = collect_feedback(tmp_path / "feedback")
+    faces = {"mode": "largest", "detector": "haar", "margin": 1.3, "crop_size": 96}
+    scorer = MediaScorer(load_predictor(tiny_checkpoint(tmp_path / "faces.pth", val_threshold=0.5, faces=faces)))
+    result = judge_on_feedback(scorer, items)
+    assert result["images"] == 2 and result["not_applicable"] == 1
+    assert math.isfinite(result["log_loss"]) and 0.0 <= result["accuracy"] <= 1.0
+    assert [answer["fake_probability"] is None for answer in result["answers"]] == [
+        item.image_path.read_bytes() == encoded(coffee, "PNG") for item in items]
+    # Nothing to judge: no marks rather than NaN, and the rule keeps the original with a sentence.
+    (coffee_item,) = [item for item in items if item.image_path.read_bytes() == encoded(coffee, "PNG")]
+    nothing = judge_on_feedback(scorer, [coffee_item])
+    assert (nothing["images"], nothing["correct"], nothing["accuracy"], nothing["log_loss"]) == (0, 0, None, None)
+    promoted, reason = decide({"feedback": nothing, "val_auc": 0.9}, {"feedback": nothing, "val_auc": 0.9}, 0.01)
+    assert not promoted and "0/0 right, log loss n/a" in reason
 
 
 def fine_tune_result(tmp_path: Path, promoted: bool) -> dict:

@@ -11,6 +11,10 @@ from typing import Any
 _UNCHANGED = 5e-5
 
 
+def _loss(feedback: dict[str, Any]) -> str:
+    return "n/a" if feedback["log_loss"] is None else f"{feedback['log_loss']:.4f}"  # None: nothing judged
+
+
 def decide(before: dict[str, Any], after: dict[str, Any], margin: float,
            min_robust_auc: float | None = None) -> tuple[bool, str]:
     """Whether the fine-tuned model replaces the original, and the sentence that says why.
@@ -25,13 +29,14 @@ def decide(before: dict[str, Any], after: dict[str, Any], margin: float,
     if fb_after["correct"] > fb_before["correct"]:
         better = (f"the fine-tuned model answers {fb_after['correct']}/{fb_after['images']} held-back feedback images right, "
                   f"against {fb_before['correct']}/{fb_before['images']}")
-    elif fb_after["correct"] == fb_before["correct"] and fb_after["log_loss"] < fb_before["log_loss"]:
+    elif (fb_after["correct"] == fb_before["correct"] and None not in (fb_after["log_loss"], fb_before["log_loss"])
+          and fb_after["log_loss"] < fb_before["log_loss"]):
         better = (f"the fine-tuned model answers as many held-back feedback images right ({fb_after['correct']}/{fb_after['images']}) "
                   f"with a lower log loss ({fb_after['log_loss']:.4f} against {fb_before['log_loss']:.4f})")
     else:
         return False, (f"Kept the original: the fine-tuned model is not better on the held-back feedback "
-                       f"({fb_after['correct']}/{fb_after['images']} right, log loss {fb_after['log_loss']:.4f}; "
-                       f"the original {fb_before['correct']}/{fb_before['images']}, {fb_before['log_loss']:.4f}).")
+                       f"({fb_after['correct']}/{fb_after['images']} right, log loss {_loss(fb_after)}; "
+                       f"the original {fb_before['correct']}/{fb_before['images']}, {_loss(fb_before)}).")
     if drop > margin + 1e-12:
         return False, (f"Kept the original: {better}, but its validation AUC fell by {drop:.4f} "
                        f"({before['val_auc']:.4f} to {after['val_auc']:.4f}), more than the margin {margin:g}.")

@@ -20,21 +20,27 @@ from deepfake_platform.metrics import classification_report, predicted_fake
 
 
 def judge_on_feedback(scorer: MediaScorer, items: list[FeedbackItem]) -> dict[str, Any]:
-    """How a model answers held-back feedback, as the server would: accuracy at its threshold, log loss, AUC."""
-    probabilities = np.array([scorer.score_image(load_image(item.image_path)).fake_probability for item in items],
-                             dtype=np.float64)
-    labels = np.array([item.label for item in items], dtype=np.int64)
+    """How a model answers held-back feedback, as the server would: accuracy at its threshold, log loss, AUC.
+
+    An image the model cannot judge (a face model and no face large enough) has no probability: it is counted
+    as `not_applicable` and left out of the marks, as the server gives it no label."""
+    answers = [scorer.score_image(load_image(item.image_path)).fake_probability for item in items]
+    judged = [(item, p) for item, p in zip(items, answers, strict=True) if p is not None]
+    probabilities = np.array([p for _, p in judged], dtype=np.float64)
+    labels = np.array([item.label for item, _ in judged], dtype=np.int64)
     right = predicted_fake(probabilities, scorer.threshold) == labels.astype(bool)
     both_labels = len(set(labels.tolist())) == 2
     return {
-        "images": len(items),
+        "images": len(judged),
+        "not_applicable": len(items) - len(judged),
         "correct": int(right.sum()),
-        "accuracy": float(right.mean()),
-        "log_loss": float(log_loss(labels, probabilities, labels=[0, 1])),
+        "accuracy": float(right.mean()) if judged else None,
+        "log_loss": float(log_loss(labels, probabilities, labels=[0, 1])) if judged else None,
         "threshold": float(scorer.threshold),
         "auc": float(classification_report(labels, probabilities, scorer.threshold)["auc"]) if both_labels else None,
-        "answers": [{"image": str(item.image_path), "label": CLASSES[item.label], "fake_probability": float(p)}
-                    for item, p in zip(items, probabilities, strict=True)],
+        "answers": [{"image": str(item.image_path), "label": CLASSES[item.label],
+                     "fake_probability": None if p is None else float(p)}
+                    for item, p in zip(items, answers, strict=True)],
     }
 
 
