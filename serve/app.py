@@ -93,7 +93,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     # overrides the face mode.
     try:
         choices = scoring_choices(record, records, faces=settings.faces or None, num_frames=settings.video_frames,
-                                  operating_point=settings.operating_point)
+                                  operating_point=settings.operating_point,
+                                  small_face_factor=settings.small_face_factor)
     except CheckpointError as err:  # an operating point the model does not record
         end_serve_run(f"error: {err}")
         raise ModelUnavailable(str(err)) from None

@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import hmac
 import logging
+import mimetypes
 import os
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from deepfake_platform.calibration import OPERATING_POINTS, Calibration
+from deepfake_platform.credentials import read_credentials
 from deepfake_platform.ensemble import Combiner
 from deepfake_platform.feedback import LABELS as FEEDBACK_LABELS
 from deepfake_platform.feedback import FeedbackStore
@@ -58,6 +60,14 @@ def _summary(answer: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {"version": (answer.get("model") or {}).get("version"), "fake_probability": answer["fake_probability"],
             "label": answer["label"], "latency_ms": answer["latency_ms"]}
+
+
+def _media_type(upload: Upload) -> str:
+    """The upload's media type for reading content credentials: as sent, else guessed from its file name."""
+    sent = (upload.content_type or "").split(";")[0].strip().lower()
+    if sent.startswith(("image/", "video/")):
+        return sent
+    return mimetypes.guess_type(upload.name or "")[0] or sent
 
 
 def _describe(err: BaseException) -> str:
@@ -178,8 +188,16 @@ class DeepfakeAPI:
     async def _predict_one(self, upload: Upload, point: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """One upload's answer: its pictures, their crops, every detector's scores, the combined verdict; and
         what the challenger still has to be compared on, if one is on trial."""
-        kind, pictures, frames = await self._pictures(upload)
-        plan = await asyncio.to_thread(self.scorer.plan, pictures, frames)
+        kind, pictures, frames, fps = await self._pictures(upload)
+        plan, credentials = await asyncio.gather(asyncio.to_thread(self.scorer.plan, pictures, frames, fps),
+                                                 asyncio.to_thread(read_credentials, upload.data, _media_type(upload)))
+        answer, pending = await self._judged(upload, kind, plan, point)
+        # The file's own statement (C2PA), beside the verdict and never blended into it.
+        return {**answer, "credentials": credentials}, pending
+
+    async def _judged(self, upload: Upload, kind: str, plan: Any, point: str
+                      ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The verdict of the champion (or of a canary challenger, for its share) on a planned upload."""
         arm = self.trial.choose() if len(plan.inputs) else None
         if arm is not None and arm.canary:
             started = time.perf_counter()
@@ -311,14 +329,15 @@ class DeepfakeAPI:
             self.observer.side_record(None, {"event": "withdrawn", "version": arm.version, "reason": reason,
                                              "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
 
-    async def _pictures(self, upload: Upload) -> tuple[str, list[Image.Image], list[int | None]]:
-        """The pictures of an upload: one image, or a video's sampled frames (a 4xx sentence when bad)."""
+    async def _pictures(self, upload: Upload) -> tuple[str, list[Image.Image], list[int | None], float]:
+        """The pictures of an upload: one image, or a video's sampled frames with its frame rate (0.0 unknown)
+        (a 4xx sentence when bad)."""
         if upload.is_video:
-            frames = await asyncio.to_thread(decode_video, upload, self.settings, num_frames=self.scorer.num_frames,
-                                             every=self.scorer.every)
-            return "video", [image for _, image in frames], [index for index, _ in frames]
+            video = await asyncio.to_thread(decode_video, upload, self.settings, num_frames=self.scorer.num_frames,
+                                            every=self.scorer.every)
+            return "video", [image for _, image in video.frames], [index for index, _ in video.frames], video.fps
         image = await asyncio.to_thread(decode_image, upload.name, upload.data, self.settings.max_pixels)
-        return "image", [image], [None]
+        return "image", [image], [None], 0.0
 
     async def _scores(self, inputs: list[Image.Image], detectors: dict[str, DeploymentHandle] | None = None
                       ) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -399,7 +418,7 @@ class DeepfakeAPI:
         if uploads[0].is_video:
             raise APIError(415, "/explain takes an image; to explain a video, send one of its frames.")
         await self._load_members()
-        _, pictures, frames = await self._pictures(uploads[0])
+        _, pictures, frames, _ = await self._pictures(uploads[0])
         plan = await asyncio.to_thread(self.scorer.plan, pictures, frames)
         probabilities, _, _ = await self._scores(plan.inputs)
         fused = self.combiner.apply(probabilities) if len(plan.inputs) else np.zeros(0)

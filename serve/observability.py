@@ -81,8 +81,9 @@ class Observer:
     def record(self, route: str, answer: dict[str, Any], data: bytes, name: str | None, content_type: str) -> str:
         """Count, log and remember one answer; its request id."""
         request_id = uuid.uuid4().hex
-        kind, probability, label = answer["kind"], answer["fake_probability"], answer["label"] or "unscored"
-        self.metrics.requests.inc(tags={"route": route, "kind": kind, "verdict": label})
+        kind, probability, label = answer["kind"], answer["fake_probability"], answer["label"]
+        verdict = answer.get("verdict") or label or "not_applicable"
+        self.metrics.requests.inc(tags={"route": route, "kind": kind, "verdict": verdict})
         if probability is not None:
             self.metrics.probability.observe(probability, tags={"kind": kind})
         pictures = answer["frames"] if kind == "video" else [answer]
@@ -92,8 +93,9 @@ class Observer:
                 self.metrics.no_face.inc()
         self.drift.add(probability, label == "fake", bool(answer["no_face"]))
         summary = {"request_id": request_id, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-                   "route": route, "kind": kind, "fake_probability": probability, "label": label,
-                   "threshold": answer["threshold"], "no_face": answer["no_face"],
+                   "route": route, "kind": kind, "verdict": verdict, "reason": answer.get("reason"),
+                   "fake_probability": probability, "label": label, "threshold": answer["threshold"],
+                   "operating_point": answer.get("operating_point"), "no_face": answer["no_face"],
                    "faces": [face["box"] for face in answer["faces"]], "model": answer.get("model") or self.model,
                    "latency_ms": answer.get("latency_ms")}
         if self.log is not None:

@@ -68,6 +68,9 @@ class AppArgs(Section):
     video_frames: int | None = Field(None, ge=1)
     # Empty: crop faces as the model was trained (its checkpoint's face preset); off, largest or all override it.
     faces: Literal["", "off", "largest", "all"] = ""
+    # A face smaller than the model's input size divided by this is not judged (none left: not applicable);
+    # None: the platform's default (deepfake_platform.media).
+    small_face_factor: float | None = Field(None, gt=0)
     # Which of the model's thresholds labels an answer (a request may ask for another: ?operating_point=):
     # balanced (Youden's J on validation), high_precision (at most the target false-positive rate there) or
     # high_recall (at most the target false-negative rate).

@@ -22,9 +22,10 @@ from starlette.requests import Request
 from deepfake_platform.data import BadImageError, load_image
 from deepfake_platform.data.video import (
     BadVideoError,
+    SampledVideo,
     VideoTooLargeError,
     is_video_name,
-    sample_frames_from_bytes,
+    sample_video_from_bytes,
 )
 from serve.errors import APIError
 from serve.settings import AppArgs
@@ -181,14 +182,14 @@ def _pixel_count(data: bytes) -> float:
         return 0
 
 
-def decode_video(upload: Upload, settings: AppArgs, *, num_frames: int, every: int) -> list[tuple[int, Image.Image]]:
-    """The frames of an uploaded video the model scores (`num_frames` evenly spaced, or every `every`-th): 413
-    when too long or too large per frame, 400 when undecodable."""
+def decode_video(upload: Upload, settings: AppArgs, *, num_frames: int, every: int) -> SampledVideo:
+    """The frames of an uploaded video the model scores (`num_frames` evenly spaced, or every `every`-th) and its
+    frame rate: 413 when too long or too large per frame, 400 when undecodable."""
     name = upload.name or "the uploaded video"
     suffix = Path(upload.name).suffix.lower() if upload.name and is_video_name(upload.name) else ".mp4"
     try:
-        return sample_frames_from_bytes(upload.data, suffix, num_frames=num_frames, every=every,
-                                        max_pixels=settings.max_pixels, max_duration_s=settings.max_video_seconds)
+        return sample_video_from_bytes(upload.data, suffix, num_frames=num_frames, every=every,
+                                       max_pixels=settings.max_pixels, max_duration_s=settings.max_video_seconds)
     except BadVideoError as err:
         raise APIError(413 if isinstance(err, VideoTooLargeError) else 400, f"{name} {err.reason}") from err
 

@@ -17,12 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from deepfake_platform.checkpoints import file_sha256, write_checkpoint
+from deepfake_platform.data.video import write_video
 from deepfake_platform.serving_state import read_state, write_state
 from serve.app import build_app
-from tests.factories import encoded, free_port, photo, tiny_record
+from tests.factories import c2pa_jpegs, encoded, free_port, photo, tiny_record
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(420)]
 TIMEOUT = httpx.Timeout(60.0)
@@ -247,3 +249,31 @@ def test_a_failing_challenger_is_withdrawn_and_the_champion_answers_all(client, 
     lines = [json.loads(line) for path in (registry["root"] / "logs").glob("*.jsonl")
              for line in path.read_text().splitlines()]
     assert any(line.get("event") == "withdrawn" and line["version"] == 3 for line in lines)
+
+
+def test_an_answer_carries_credentials_frame_times_and_the_raw_logit(client, registry):
+    """Beside the verdict, never in it: a signed picture's C2PA manifest; a video's frames with their times."""
+    jpegs = c2pa_jpegs()
+    signed = predict(client, jpegs["signed"])
+    assert signed["credentials"]["present"] is True and signed["credentials"]["valid"] is True
+    assert signed["credentials"]["generative_ai"] is True
+    assert signed["credentials"]["claim_generator"].startswith("test-generator")
+    plain = predict(client, jpegs["plain"])
+    assert plain["credentials"]["present"] is False
+    assert plain["fake_probability"] == pytest.approx(
+        predict(client, jpegs["signed"])["fake_probability"], abs=0.05)  # the manifest changes no score
+    tampered = client.post("/predict", files={"file": ("t.jpg", jpegs["tampered"], "application/octet-stream")})
+    assert tampered.status_code == 200 and tampered.json()["credentials"]["valid"] is False
+    assert plain["operating_point"] == "balanced"
+    # Version 1's calibration is the identity: its logit is the probability's.
+    assert plain["logit"] == pytest.approx(float(np.log(plain["fake_probability"] / (1 - plain["fake_probability"]))),
+                                           abs=1e-4)
+
+    frames = [np.full((64, 64, 3), 25 * i, dtype=np.uint8) for i in range(10)]
+    video = write_video(registry["root"] / "clip.mp4", frames, fps=5)
+    response = client.post("/predict", files={"file": ("clip.mp4", video.read_bytes(), "video/mp4")})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["kind"] == "video" and answer["frames"]
+    for frame in answer["frames"]:
+        assert frame["time_s"] == pytest.approx(frame["frame"] / 5, abs=1e-3)
