@@ -26,7 +26,8 @@ from deepfake_platform.serving_state import read_state, write_state
 from serve.app import build_app
 from tests.factories import c2pa_jpegs, encoded, free_port, photo, tiny_record
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(420)]
+# In `make test-long`: one Serve app under 700 requests from 16 clients, about two minutes on 2 cores.
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(420)]
 TIMEOUT = httpx.Timeout(60.0)
 CLIENTS = 16
 
