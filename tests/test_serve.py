@@ -116,7 +116,9 @@ def check_prediction(result: dict, threshold: float) -> None:
     assert 0.0 <= result["fake_probability"] <= 1.0
     assert result["threshold"] == pytest.approx(threshold)
     assert result["label"] == label_of(result["fake_probability"], threshold)
-    assert set(result["model"]) == {"name", "checkpoint", "sha256"}
+    assert set(result["model"]) == {"name", "checkpoint", "sha256", "registered_model", "version", "role"}
+    # A plain checkpoint beside no registry: no version, no role (tests/test_serve_lifecycle.py has them).
+    assert (result["model"]["version"], result["model"]["role"]) == (None, None)
     assert result["latency_ms"] > 0
 
 
@@ -132,7 +134,8 @@ def test_predict_raw_and_multipart_agree(client, files):
     result = raw.json()
     check_prediction(result, THRESHOLD)  # the checkpoint's validation threshold, not 0.5
     assert result["model"] == {"name": "hybrid_tiny", "checkpoint": "best.pth",
-                               "sha256": file_sha256(files["checkpoint"])}
+                               "sha256": file_sha256(files["checkpoint"]),
+                               "registered_model": None, "version": None, "role": None}
     assert result["detectors"] == {"hybrid_tiny": result["fake_probability"]}
     # One predict path: the server's answer is what the predictor evaluation uses gives for the same file.
     offline = load_predictor(files["checkpoint"]).predict_images([load_image(files["images"][0])])[0]
@@ -316,10 +319,12 @@ def test_a_face_model_answers_per_face_and_crops_as_it_was_trained(client, files
     offline = MediaScorer(load_predictor(files["faces"])).score_path(files["astronaut"])
     assert offline.faces[0].box == face["box"]
     assert offline.fake_probability == pytest.approx(result["fake_probability"], abs=1e-5)
-    # A picture without a face is a normal answer, scored whole.
+    assert result["verdict"] == result["label"] and result["reason"] is None
+    # A picture without a face is a normal answer that the face model does not judge: no label, no probability.
     noise = client.post("/faces/predict", content=files["images"][1].read_bytes(), headers={"Content-Type": "image/png"})
     assert noise.status_code == 200 and noise.json()["no_face"] is True and noise.json()["faces"] == []
-    assert 0.0 <= noise.json()["fake_probability"] <= 1.0
+    assert noise.json()["verdict"] == "not_applicable" and "face" in noise.json()["reason"]
+    assert noise.json()["fake_probability"] is None and noise.json()["label"] is None
 
 
 @pytest.mark.ray
