@@ -63,6 +63,8 @@ def quiet_mlflow(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
     warnings.filterwarnings("ignore", module=r"alembic(\.|$)")
+    # Importing MLflow's HTTP client where a SOCKS proxy is configured: urllib3 warns once about PySocks.
+    warnings.filterwarnings("ignore", message="SOCKS support in urllib3")
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
