@@ -113,12 +113,6 @@ class Predictor:
         # Old records have none: the identity, so they score exactly as before.
         self.calibration = Calibration.from_dict(record.calibration)
         sha256 = file_sha256(path) if path is not None else ""
-        # int8: the same model quantised and run by ONNX Runtime; explanations still use the fp32 module.
-        self.int8 = None
-        if self.precision == "int8":
-            from deepfake_platform.export import Int8Model
-
-            self.int8 = Int8Model(model, image_size, sha256)
         self.info = ModelInfo(
             name=record.detector,
             checkpoint=path.name if path is not None else "",
@@ -128,6 +122,13 @@ class Predictor:
             val_auc=float(record.val_auc),
             epoch=int(record.epoch),
         )
+        # int8: the same model quantised (calibrated on the checkpoint's validation images) and run by ONNX
+        # Runtime; explanations still use the fp32 module.
+        self.int8 = None
+        if self.precision == "int8":
+            from deepfake_platform.export import int8_model
+
+            self.int8 = int8_model(self)
 
     def predict_logits(self, images: torch.Tensor) -> np.ndarray:
         """The detector's raw (uncalibrated) logits for a preprocessed batch (B, 3, H, W)."""

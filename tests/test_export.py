@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
@@ -105,14 +106,18 @@ def test_export_of_a_missing_checkpoint_is_a_sentence(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_int8_answers_as_the_fp32_model_and_is_cached_by_checkpoint(tmp_path, pictures, monkeypatch):
+def test_int8_answers_as_the_fp32_model_and_is_cached_by_checkpoint(tmp_path, pictures, monkeypatch, capsys):
     monkeypatch.setenv("DEEPFAKE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DEEPFAKE_HOME", str(tmp_path))  # no embedded set built here: nothing to calibrate on
     checkpoint = tiny_checkpoint(tmp_path / "best.pth", 0.5, seed=3)
     images = [Image.open(path).convert("RGB") for path in pictures]
     fp32 = Predictor(checkpoint, precision="fp32").predict_images(images)
     int8 = Predictor(checkpoint, precision="int8")
+    assert int8.int8.method == "dynamic"
+    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("int8:")]
+    assert len(note) == 1 and "no validation images" in note[0] and "dynamically" in note[0]
     cached = sorted((tmp_path / "cache" / "int8").glob("*.onnx"))
-    assert len(cached) == 1 and cached[0].name.startswith(int8.info.sha256)
+    assert len(cached) == 1 and cached[0].name.startswith(int8.info.sha256) and "dynamic" in cached[0].name
     probabilities = int8.predict_images(images)
     assert probabilities.shape == fp32.shape
     assert float(np.mean(np.abs(probabilities - fp32))) <= 0.01
@@ -121,6 +126,35 @@ def test_int8_answers_as_the_fp32_model_and_is_cached_by_checkpoint(tmp_path, pi
     again = Predictor(checkpoint, precision="int8")  # the second load reuses the quantised file
     assert cached[0].stat().st_mtime_ns == mtime
     np.testing.assert_allclose(again.predict_images(images), probabilities, atol=1e-6)
+
+
+@pytest.mark.timeout(600)
+def test_static_int8_keeps_the_labels_of_a_model_that_separates_its_classes(tmp_path, monkeypatch):
+    """The tiny hybrid trained where a bright square marks the fakes: its scores sit well away from the threshold,
+    so a label int8 changes is a real disagreement. int8 calibrates on the record's validation images (static
+    quantisation, convolutions included) and is judged on the held-out test images."""
+    from benchmarks.int8 import scores_spread, train_square_detector
+    from deepfake_platform.data import load_image, load_split
+    from deepfake_platform.export import calibration_images
+
+    monkeypatch.setenv("DEEPFAKE_CACHE", str(tmp_path / "cache"))
+    checkpoint, root = train_square_detector(tmp_path, {"train": 96, "val": 32, "test": 64}, epochs=2)
+    fp32, int8 = Predictor(checkpoint, precision="fp32"), Predictor(checkpoint, precision="int8")
+    assert int8.int8.method == "static"
+    calibration = calibration_images(fp32.record)
+    assert len(calibration) == 32 and all(Path(path).parent.parent.name == "val" for path in calibration)
+    assert {Path(path).parent.name for path in calibration[:16]} == {"real", "fake"}  # both classes in a batch
+    graph = onnx.load(str(int8.int8.path)).graph
+    dequantised = {name for node in graph.node if node.op_type == "DequantizeLinear" for name in node.output}
+    for op in ("Conv", "MatMul"):  # int8 weights for the convolutions too, not only the matrix multiplications
+        assert any(node.op_type == op and node.input[1] in dequantised for node in graph.node), op
+    images = [load_image(path) for path, _ in load_split(root, "test")]
+    p, q = fp32.predict_images(images), int8.predict_images(images)
+    threshold = fp32.info.threshold
+    assert scores_spread(p, threshold) >= 0.9, np.round(p, 3)  # not a coin toss at the threshold
+    assert np.mean((p >= threshold) == (q >= threshold)) >= 0.99
+    assert float(np.mean(np.abs(p - q))) <= 0.01
+    assert not np.array_equal(p, q)
 
 
 def test_predict_cli_runs_int8(tmp_path, pictures):
