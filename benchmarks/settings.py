@@ -22,15 +22,16 @@ class Settings:
     serve_concurrency: int
     parity_seeds: int
     parity_epochs: int
-    int8_images: int = 32
+    int8_images: int = 128  # held-out images of the square task int8 is judged on
+    int8_epochs: int = 2  # the tiny hybrid's epochs on the square task
     main_job: bool = False
-    score_images: int = 32
+    score_images: int = 80  # the large scoring run; the small one is a fifth of it, at least a batch
 
 
 PRESETS = {
     "full": Settings(train_warmup=2, train_steps=5, train_rounds=3, ray_steps=8, infer_warmup=1, infer_steps=3,
                      infer_rounds=3, serve_single=20, serve_warmup=48, serve_requests=96, serve_concurrency=16,
-                     parity_seeds=3, parity_epochs=4, int8_images=64, main_job=True,
+                     parity_seeds=3, parity_epochs=4, int8_images=256, int8_epochs=3, main_job=True,
                      score_images=160),
     "quick": Settings(train_warmup=1, train_steps=1, train_rounds=1, ray_steps=2, infer_warmup=1, infer_steps=1,
                       infer_rounds=1, serve_single=5, serve_warmup=16, serve_requests=32, serve_concurrency=16,

@@ -23,6 +23,7 @@ from benchmarks.machine import machine_info, matmul_flops
 from benchmarks.numerics import parity_summary, precision_parity
 from benchmarks.report import update_doc
 from benchmarks.runners import platform_train_runner, synthetic_batches
+from benchmarks.scoring import steady_and_startup
 from benchmarks.summary import summarize_cpu, summarize_gpu
 from benchmarks.tables import render_cpu_table, render_gpu_table
 from benchmarks.targets import CPU_JSON_KEYS, CPU_TARGETS, target_met
@@ -57,13 +58,15 @@ def test_quick_run_without_ray_writes_every_json_key(tmp_path):
         assert finite_positive(figures[key]), (key, figures[key])
     assert 0.0 <= figures["data_wait_fraction"] <= 1.0
     # int8 and the export are compared with the model they come from, on real image files.
+    # int8 is judged on the tiny hybrid trained on the square task, calibrated on its validation images.
     assert 0.0 < figures["int8_mean_abs_diff"] <= 0.05
-    assert 0.0 <= figures["int8_label_agreement"] <= 1.0 and figures["int8_images_compared"] == 32
+    assert 0.0 <= figures["int8_label_agreement"] <= 1.0 and figures["int8_images_compared"] == 128
+    assert figures["int8_calibrated"] == 1.0 and 0.0 <= figures["int8_scores_spread"] <= 1.0
     assert 0.0 <= figures["onnx_parity_max_abs_diff"] <= 1e-3
     # Skipped phases are null (valid JSON), never a made-up number; shares need the hybrid's FLOP count.
     for key in ("ray_train_vs_plain_step", "serve_vs_bare_batched", "serve_p50_ms", "train_ray_images_per_s",
                 "serve_p50_vs_bare_single", "main_job_overhead", "score_vs_predict_path", "train_share_of_bf16_peak",
-                "infer_share_of_bf16_peak"):
+                "infer_share_of_bf16_peak", "score_steady_images_per_s", "score_startup_s"):
         assert figures[key] is None, key
     assert figures["errors"] == {}
     assert figures["machine"]["torch"] == torch.__version__
@@ -124,7 +127,11 @@ def test_summarize_cpu_ratios_and_missing_phases():
         "serve_single": None,  # a failed phase
         "bare_single": {"p50_ms": 100.0},
         "infer_int8": {"images_per_s": 40.0},
-        "int8_accuracy": {"mean_abs_diff": 0.004, "label_agreement": 0.995, "images": 200.0},
+        "int8_accuracy": {"mean_abs_diff": 0.004, "label_agreement": 0.995, "images": 200.0, "spread": 0.97,
+                          "calibrated": 1.0},
+        "score_bare": {"images_per_s": 2.0},
+        "score_ray_data": {"images_per_s": 1.9, "images": 160.0, "steady_images": 128.0, "start_s": 14.0,
+                           "end_to_end_images_per_s": 1.5},
         "onnx": {"max_abs_diff": 2e-7},
         "main_job": {"wall_s": 690.0, "epochs_s": 600.0},
         "matmul_peak": {"fp32": 200e9, "bf16": 400e9},
@@ -150,7 +157,11 @@ def test_summarize_cpu_ratios_and_missing_phases():
                    "infer_share_of_bf16_peak": "no", "serve_vs_bare_batched": "no",
                    "serve_p50_vs_bare_single": "not measured", "int8_speedup_vs_bf16": "yes",
                    "int8_mean_abs_diff": "yes", "int8_label_agreement": "yes", "onnx_parity_max_abs_diff": "yes",
-                   "main_job_overhead": "yes", "score_vs_predict_path": "not measured"}
+                   "main_job_overhead": "yes", "score_vs_predict_path": "yes"}
+    # Batch scoring: the steady rate under its old and new names, the start-up beside it.
+    assert summary["score_steady_images_per_s"] == summary["score_images_per_s"] == 1.9
+    assert summary["score_startup_s"] == summary["score_start_s"] == 14.0
+    assert summary["score_vs_predict_path"] == pytest.approx(0.95)
     assert target_met("data_wait_fraction", 0.2) == "no"
     assert target_met("main_job_overhead", 1.16) == "no"
     assert target_met("serve_p50_ms", 10.0) == ""
@@ -158,6 +169,19 @@ def test_summarize_cpu_ratios_and_missing_phases():
     assert "| 2.75 x naive; 138 % of the bf16 matmul peak | >= 0.8 | yes |" in table
     assert "p50 n/a ms" in table
     assert "690 s / 600 s = 1.15 | <= 1.15 | yes |" in table
+    assert "0.95 x the predict path in one process on the same files (2.00 images/s, decoding included), over 128 " \
+           "files; start-up 14 s (Ray Data and the model actor); start to finish on 160 files 0.75 x | >= 0.9 | yes |" \
+        in table
+    assert "calibrated on its validation images" in table and "(97 % of the scores at least 0.05 from" in table
+
+
+def test_scoring_steady_rate_and_startup_from_two_runs():
+    # 16 files in 20 s and 80 files in 52 s: 64 extra files in 32 s, 2 images/s; the small run's 16 took 8 s of it.
+    steady, startup = steady_and_startup(20.0, 16, 52.0, 80)
+    assert steady == pytest.approx(2.0) and startup == pytest.approx(12.0)
+    # A model so fast the runs take the same time: the end-to-end rate, and no start-up claimed.
+    steady, startup = steady_and_startup(10.0, 16, 10.5, 80)
+    assert steady == pytest.approx(80 / 10.5) and math.isnan(startup)
 
 
 def test_summarize_gpu_mfu():
