@@ -128,10 +128,15 @@ def _all_ranks_agree(ok: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+def threads_for(cpus: float) -> int:
+    """The torch and OpenMP threads of a process holding `cpus` CPUs: its whole cores, at least one."""
+    return max(1, int(cpus))
+
+
 def set_threads(cpus: float) -> int:
     """Use `cpus` cores for torch's intra-op threads (at least one); the count set."""
     # Ray sets OMP_NUM_THREADS to the worker's CPU count; set torch's too, so each worker uses its share.
-    threads = max(1, int(cpus))
+    threads = threads_for(cpus)
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     return threads

@@ -25,6 +25,7 @@ from deepfake_platform.config import ExperimentConfig
 from deepfake_platform.orchestration.cluster import cpus_per_worker
 from deepfake_platform.orchestration.worker_entry import train_loop_per_worker
 from deepfake_platform.outputs import RunPaths, read_status
+from deepfake_platform.training import threads_for
 
 
 class RunFailed(RuntimeError):
@@ -73,6 +74,10 @@ def build_trainer(config: ExperimentConfig, data_root: Path, *, resume_from: str
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,
             logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+            # The worker process starts with OpenMP sized to the CPUs it holds, as the scoring actor does: Ray
+            # otherwise starts it without the variable and sets it only when the loop's task begins, after the
+            # process is up (the loop's set_threads then sets torch's threads to the same count).
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads_for(cpus))}},
         ),
     )
 
