@@ -44,7 +44,7 @@ def finite_positive(value) -> bool:
 def test_quick_run_without_ray_writes_every_json_key(tmp_path):
     out = tmp_path / "bench.json"
     doc = tmp_path / "benchmarks.md"
-    doc.write_text("intro\n<!-- benchmark:cpu:start -->\nold\n<!-- benchmark:cpu:end -->\nafter\n")
+    doc.write_text("intro\n<!-- benchmark:cpu:start -->\nthe previous table\n<!-- benchmark:cpu:end -->\nafter\n")
     ran = subprocess.run([sys.executable, str(REPO / "experiments" / "benchmark.py"), "--quick", "--no-ray", "--model",
                           "hybrid_tiny", "--json", str(out), "--doc", str(doc), "--workdir", str(tmp_path)],
                          capture_output=True, text=True, timeout=280)
@@ -71,7 +71,7 @@ def test_quick_run_without_ray_writes_every_json_key(tmp_path):
     assert figures["errors"] == {}
     assert figures["machine"]["torch"] == torch.__version__
     text = doc.read_text()
-    assert text.startswith("intro\n") and text.endswith("after\n") and "old" not in text
+    assert text.startswith("intro\n") and text.endswith("after\n") and "the previous table" not in text
     assert "| train: platform step without Ray" in text
     assert not list(tmp_path.glob("deepfake-benchmark-*")), "the temporary work folder was left behind"
 
