@@ -76,9 +76,10 @@ def test_score_py_writes_a_row_per_file_resumes_and_agrees_with_the_predict_path
     # The same preprocessing and predict path as predict.py: the checkpoint's face preset, then the model.
     offline = MediaScorer(load_predictor(checkpoint))
     for path, row in list(rows.items())[:6]:
-        expected = offline.score_path(path)
-        assert row["fake_probability"] == pytest.approx(expected.fake_probability, abs=1e-5)
-        assert row["no_face"] is True and row["label"] == expected.label and row["error"] is None
+        expected = offline.score_path(path)  # no face: not judged, as predict.py answers it
+        assert row["verdict"] == expected.verdict == "not_applicable" and row["reason"] == expected.reason
+        assert row["fake_probability"] is None and expected.fake_probability is None
+        assert row["no_face"] is True and row["label"] is None and row["error"] is None
     assert {row["model_sha256"] for row in rows.values()} == {offline.predictor.info.sha256}
 
     # A second run over a list with two more files scores only those (a face photograph and a video).
@@ -92,4 +93,7 @@ def test_score_py_writes_a_row_per_file_resumes_and_agrees_with_the_predict_path
     assert len(rows) == 23
     astronaut = rows[str(archive / "astronaut.jpg")]
     assert astronaut["no_face"] is False and '"box": [' in astronaut["faces"]
+    judged = offline.score_path(archive / "astronaut.jpg")
+    assert astronaut["fake_probability"] == pytest.approx(judged.fake_probability, abs=1e-5)
+    assert (astronaut["verdict"], astronaut["label"]) == (judged.verdict, judged.label)
     assert rows[str(archive / "clip.mp4")]["kind"] == "video"
