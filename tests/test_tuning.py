@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from deepfake_platform.checkpoints import read_checkpoint
@@ -240,6 +241,7 @@ def test_a_stopped_sweep_resumes_keeps_finished_trials_and_records_a_diverged_on
     assert last.startswith(f"Stopped: the finished trials of sweep {name} are kept"), last
     assert f"--resume --name={name}" in last
     kept = {trial: mtimes(out / "checkpoints" / name / trial) for trial in finished}
+    weights = {trial: read_checkpoint(out / "checkpoints" / name / trial / "best.pth") for trial in finished}
     kept_runs = {trial: mtimes(out / "ray_results" / name / "train" / trial) for trial in finished}
 
     resumed = subprocess.run([*command, "--resume"], env=sweep_env(), capture_output=True, text=True,
@@ -247,8 +249,9 @@ def test_a_stopped_sweep_resumes_keeps_finished_trials_and_records_a_diverged_on
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"Resuming sweep {name}" in resumed.stdout
     for trial in finished:
-        # Neither the epoch files nor the Ray Train run of a finished trial were written again.
-        assert mtimes(out / "checkpoints" / name / trial) == kept[trial]
+        # Neither the epoch files nor the Ray Train run of a finished trial were written again (best.pth of the
+        # best trial is calibrated once the sweep ends: checked below).
+        assert mtimes(out / "checkpoints" / name / trial) | {"best.pth": 0} == kept[trial] | {"best.pth": 0}
         assert mtimes(out / "ray_results" / name / "train" / trial) == kept_runs[trial]
     # One line per finished trial, the diverged one saying so; no Tune status tables.
     trial_lines = [line for line in resumed.stdout.splitlines() if line.startswith("trial ")]
@@ -265,6 +268,15 @@ def test_a_stopped_sweep_resumes_keeps_finished_trials_and_records_a_diverged_on
     assert set(finished) <= {row["trial"] for row in table}
     best = table[0]
     assert best["status"] == "finished" and (run_dir / best["trial"] / "RESULTS.md").is_file()
+    for trial in finished:  # the same trained weights; the best trial's now calibrated, the others untouched
+        now = out / "checkpoints" / name / trial / "best.pth"
+        if trial == best["trial"]:
+            record = read_checkpoint(now)
+            assert record.epoch == weights[trial].epoch and record.calibration and record.operating_points
+            assert all(torch.equal(record.model_state_dict[key], value)
+                       for key, value in weights[trial].model_state_dict.items())
+        else:
+            assert now.stat().st_mtime_ns == kept[trial]["best.pth"]
     promoted = read_checkpoint(out / "artifacts" / "best.pth")
     assert promoted.optimizer_state_dict is None
     assert promoted.config["name"] == f"{name}/{best['trial']}"
