@@ -1,5 +1,6 @@
 """A running server follows the model registry: shadow, canary, promote and rollback without a restart, and
-a failing challenger withdrawn by itself. A real Ray + Serve on loopback, real HTTP, real image files.
+a failing challenger withdrawn by itself. (A promote and a rollback under 16 clients' load, with the registry
+command run as a user runs it, are in tests/test_serve_cluster.py, on two nodes.) A real Ray + Serve on loopback, real HTTP, real image files.
 
 Two registered versions of a tiny detector that answer very differently (version 2's output bias is raised
 by 4, so its probabilities sit near 1 where version 1's sit near 0.5): every answer's probability shows
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +26,7 @@ from deepfake_platform.serving_state import read_state, write_state
 from serve.app import build_app
 from tests.factories import c2pa_jpegs, encoded, free_port, photo, tiny_record
 
-# In `make test-long`: one Serve app under 700 requests from 16 clients, about two minutes on 2 cores.
+# In `make test-long`: one Serve app under 400 requests from 16 clients, about two minutes on 2 cores.
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(420)]
 TIMEOUT = httpx.Timeout(60.0)
 CLIENTS = 16
@@ -172,44 +172,6 @@ def test_a_canary_answers_its_share_and_says_so(client, registry):
         assert answer["model"]["version"] == version_by_probability(answer["fake_probability"])
         assert answer["model"]["role"] == ("challenger" if answer["model"]["version"] == 2 else "champion")
         assert answer["threshold"] == (0.97 if answer["model"]["version"] == 2 else 0.5)
-
-
-def test_promote_and_rollback_under_load_lose_no_request(client, registry):
-    set_roles(registry, champion=registry["v1"], challenger=None)
-    eventually(lambda: monitoring(client)["challenger_trial"] is None or None, 30, "the challenger stayed on trial")
-    answers: list[dict] = []
-    errors: list[str] = []
-    stop = threading.Event()
-
-    def switch():
-        time.sleep(2.0)
-        set_roles(registry, champion=registry["v2"], challenger=None)  # promote 2
-        eventually(lambda: any(a["model"]["version"] == 2 for a in answers[-20:]) or stop.is_set() or None, 60,
-                   "the promotion never reached the answers")
-        time.sleep(1.0)
-        set_roles(registry, champion=registry["v1"], challenger=None)  # roll back to 1
-
-    def one(i: int) -> None:
-        try:
-            answers.append(predict(client, registry["images"][i % len(registry["images"])]))
-        except AssertionError as err:
-            errors.append(str(err))
-
-    switcher = threading.Thread(target=switch)
-    switcher.start()
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        list(pool.map(one, range(300)))
-    stop.set()
-    switcher.join(timeout=90)
-    assert not errors, errors[:3]
-    assert len(answers) == 300
-    versions = [answer["model"]["version"] for answer in answers]
-    assert 2 in versions and versions[-1] == 1 or 1 in versions[versions.index(2):], Counter(versions)
-    for answer in answers:
-        assert answer["model"]["version"] == version_by_probability(answer["fake_probability"])
-    # After the rollback, version 1 answers again.
-    eventually(lambda: predict(client, registry["images"][0])["model"]["version"] == 1 or None, 30,
-               "the rollback never took effect")
 
 
 def test_an_operating_point_is_read_at_the_answering_versions_threshold(client, registry):
