@@ -124,8 +124,21 @@ def models(home: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+def models_here(home: Path, capsys, *args: str) -> subprocess.CompletedProcess:
+    """The same command in this process (each subprocess pays seconds of imports): exit code and output."""
+    from deepfake_platform.orchestration.registry_cli import run
+
+    code = 0
+    try:
+        run(["--home", str(home), *args])
+    except SystemExit as end:
+        code = end.code or 0
+    said = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, said.out, said.err)
+
+
 @pytest.mark.timeout(300)
-def test_the_registry_command_as_a_user_runs_it(tmp_path):
+def test_the_registry_command_as_a_user_runs_it(tmp_path, capsys):
     missing = models(tmp_path, "promote", "1")
     assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith(
         "error: no model is registered under"), missing.stderr[-2000:]
@@ -151,19 +164,19 @@ def test_the_registry_command_as_a_user_runs_it(tmp_path):
     assert "shadowed requests      2" in refused.stdout and "challenger 100.0%" in refused.stdout
     assert refused.stderr.strip().splitlines()[-1].startswith("error: not promoted: version 2 has 2 shadowed")
     assert aliases(registry)["champion"] == 1
-    promoted = models(tmp_path, "promote", "2", "--min-shadowed", "2", "--min-corrections", "1")
+    promoted = models_here(tmp_path, capsys, "promote", "2", "--min-shadowed", "2", "--min-corrections", "1")
     assert promoted.returncode == 0, promoted.stderr[-2000:]
     assert "Version 2 is the champion (history [1, 2])" in promoted.stdout
     assert served(tmp_path) == version_file(tmp_path / "artifacts", 2).read_bytes()
 
-    challenged = models(tmp_path, "challenge", "1", "--mode", "canary", "--fraction", "0.25")
+    challenged = models_here(tmp_path, capsys, "challenge", "1", "--mode", "canary", "--fraction", "0.25")
     assert challenged.returncode == 0 and "Version 1 is the challenger (canary on 25% of requests)" in challenged.stdout
-    rolled = models(tmp_path, "rollback")
+    rolled = models_here(tmp_path, capsys, "rollback")
     assert rolled.returncode == 0 and "version 1 is the champion again" in rolled.stdout, rolled.stderr[-2000:]
     assert aliases(registry) == {"champion": 1}  # the challenger that now answers left its slot
 
     (tmp_path / "artifacts" / "serving.json").write_text("{ half")
-    corrupt = models(tmp_path, "show", "2")
+    corrupt = models_here(tmp_path, capsys, "show", "2")
     assert corrupt.returncode == 2 and "serving.json is not valid JSON" in corrupt.stderr
     assert "Traceback" not in corrupt.stderr
 
