@@ -40,6 +40,7 @@ def finite_positive(value) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # about a minute (it trains the tiny hybrid for int8's agreement): make test stays under 15
 @pytest.mark.timeout(300)
 def test_quick_run_without_ray_writes_every_json_key(tmp_path):
     out = tmp_path / "bench.json"
