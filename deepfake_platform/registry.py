@@ -199,6 +199,8 @@ class Registry:
         entry = self._entry(version, {"mode": mode, "fraction": fraction})
         self.client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER, str(version))
         state.update(registered_model=REGISTERED_MODEL, challenger=entry)
+        if (state.get("withdrawn") or {}).get("version") == int(version):
+            state["withdrawn"] = None  # on trial again: a server that withdrew it takes it back
         write_state(self.state_file, state)
         return state
 

@@ -61,23 +61,37 @@ class Slot:
         return {"registered_model": name, "version": self.version, "role": self.role, "sha256": self.sha256}
 
 
-def read_state(path: str | Path) -> dict[str, Any] | None:
-    """The state file's content, or None when there is none (no registry in use: a plain checkpoint)."""
+def read_state(path: str | Path, *, strict: bool = True) -> dict[str, Any] | None:
+    """The state file's content, or None when there is none (no registry in use: a plain checkpoint). A file
+    that is not a JSON object raises ValueError, or with `strict` off (a server's replicas) reads as none."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        state = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except ValueError:
+        if strict:
+            raise
+        return None
+    if not isinstance(state, dict):
+        if strict:
+            raise ValueError(f"{path} holds no JSON object")
+        return None
+    return state
 
 
 def slot(state: dict[str, Any] | None, role: str, path: str | Path) -> Slot | None:
-    """The `role` ("champion" or "challenger") of a state read from `path`, or None when the role is empty."""
+    """The `role` ("champion" or "challenger") of a state read from `path`, or None when the role is empty or
+    its entry is malformed."""
     entry = (state or {}).get(role)
-    if not entry:
+    if not isinstance(entry, dict) or not entry:
         return None
-    return Slot(role=role, version=int(entry["version"]), path=(Path(path).parent / entry["file"]).resolve(),
-                sha256=entry["sha256"], run_id=entry.get("run_id"), mode=entry.get("mode"),
-                fraction=entry.get("fraction"))
+    try:
+        return Slot(role=role, version=int(entry["version"]), path=(Path(path).parent / entry["file"]).resolve(),
+                    sha256=str(entry["sha256"]), run_id=entry.get("run_id"), mode=entry.get("mode"),
+                    fraction=entry.get("fraction"))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def write_state(path: str | Path, state: dict[str, Any]) -> Path:
@@ -88,9 +102,9 @@ def write_state(path: str | Path, state: dict[str, Any]) -> Path:
 def withdraw(path: str | Path, version: int, reason: str) -> bool:
     """Take challenger `version` off the state with the reason (the server's automatic withdrawal); False
     when it is no longer the challenger (someone changed the state meanwhile)."""
-    state = read_state(path)
+    state = read_state(path, strict=False)
     entry = (state or {}).get("challenger")
-    if not entry or int(entry["version"]) != int(version):
+    if not isinstance(entry, dict) or entry.get("version") != int(version):
         return False
     state["challenger"] = None
     state["withdrawn"] = {"version": int(version), "reason": reason, "time": now()}

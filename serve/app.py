@@ -22,6 +22,7 @@ from typing import Any
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
+from deepfake_platform.calibration import Calibration
 from deepfake_platform.checkpoints import (
     CheckpointError,
     DetectorCheckpoint,
@@ -106,6 +107,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         reference=reference_scores(record.val_scores),
         auth_required=bool(os.environ.get(settings.token_env)),
         challengers=challengers,
-        # An ensemble's thresholds are its spec's; a single detector's come with its probabilities.
-        scoring=model_scoring(record) if isinstance(record, EnsembleCheckpoint) else None,
+        # An ensemble's thresholds are its spec's; a single detector's come with its probabilities (these, from
+        # the file at start, read an answer with nothing to score until the first probability comes back).
+        scoring=model_scoring(record, Calibration.from_dict(getattr(record, "calibration", None))
+                              if isinstance(record, DetectorCheckpoint) else None),
     )

@@ -42,6 +42,8 @@ from serve.settings import AppArgs
 from serve.uploads import Upload, decode_image, decode_video, read_form, read_uploads
 
 HEALTH_TIMEOUT_S = 2.0
+# Comparisons with the challenger still running after their answers; beyond this, requests go uncompared.
+MAX_BACKGROUND = 128
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 # Serve's replica logger: lines go to the replica's log file under Ray's session logs.
 logger = logging.getLogger("ray.serve")
@@ -118,6 +120,9 @@ class DeepfakeAPI:
         self.trial = ChallengerTrial(settings.serving_state, settings.challenger, enabled=challengers is not None,
                                      poll_s=settings.state_poll_s)
         self.background: set[asyncio.Task] = set()  # comparisons still running after their answer was sent
+        # The champion whose validation scores drift is measured against (fetched once per version).
+        self.reference_sha: str | None = None
+        self.reference_pending = False
 
     # ---- POST /predict, top to bottom ----
 
@@ -160,8 +165,10 @@ class DeepfakeAPI:
             answer = {**answer, "latency_ms": latency_ms}
             answer["request_id"] = self.observer.record(route, answer, upload.data, upload.name, upload.content_type)
             results.append(answer)
-            if pending is not None:
+            if pending is not None and len(self.background) < MAX_BACKGROUND:
                 self._in_background(self._compare(answer, **pending))
+            elif pending is not None:
+                self.trial.skipped += 1  # a slow challenger: compare fewer requests, never queue without end
         return results
 
     def _in_background(self, work: Any) -> None:
@@ -207,8 +214,11 @@ class DeepfakeAPI:
                 return answer, {"arm": arm, "kind": kind, "plan": plan, "point": point, "answered": challenger}
             except ModelNotReady:
                 pass  # loading, or another version: the champion answers, nothing counted
-            except APIError:
-                raise  # the request's own fault (an operating point the model lacks): the same for both
+            except APIError as err:
+                if err.status != 422:  # unavailable (503): the challenger's failure, counted
+                    reason = self.trial.record(arm, champion=None, challenger=None, error=f"{err.status}: {err.message}")
+                    await self._withdraw_if(arm, reason)
+                arm = None  # 422: it records no such operating point; the champion answers, nothing counted
             except Exception as err:  # noqa: BLE001 - the challenger failed: the champion answers instead
                 reason = self.trial.record(arm, champion=None, challenger=None, error=_describe(err))
                 await self._withdraw_if(arm, reason)
@@ -231,6 +241,8 @@ class DeepfakeAPI:
             # A switch landed between this upload's crops: score it again, all on one model.
             probabilities, identities, scorings = await self._scores(plan.inputs, detectors)
         scoring = scorings[0] if scorings and not self.ensemble else self.scoring
+        if scorings and not self.ensemble and detectors is self.detectors:
+            self.scoring = scoring  # the champion's now: what an answer with nothing to score is read at
         scorer = self._scorer(scoring, point)
         verdicts = scorer.assemble(plan, self.combiner.apply(probabilities) if len(plan.inputs) else [])
         members = {name: scorer.assemble(plan, probabilities[:, j]) for j, name in enumerate(detectors)}
@@ -274,19 +286,25 @@ class DeepfakeAPI:
     def _follow_champion(self, identity: dict[str, Any]) -> None:
         """After a promote or rollback: name the new champion in answers without a face, and measure drift
         against its validation scores."""
-        if self.model is not None and identity["sha256"] == self.model["sha256"]:
-            return
         self.model = identity
         self.observer.model = identity
+        if identity["sha256"] == self.reference_sha or self.reference_pending:
+            return
+        self.reference_pending = True
         self._in_background(self._reference_of(self.detectors, identity))
 
     async def _reference_of(self, detectors: dict[str, DeploymentHandle], identity: dict[str, Any]) -> None:
         """Fetch the validation scores of the model `identity` names, for drift (champion) or the trial."""
-        info = await next(iter(detectors.values())).info.remote(True)
+        try:
+            info = await next(iter(detectors.values())).info.remote(True)
+        finally:
+            if detectors is self.detectors:
+                self.reference_pending = False
         if info["identity"]["sha256"] != identity["sha256"]:
             return  # a replica still on the previous model: the next answer asks again
         if detectors is self.detectors:
             self.observer.drift.reference = info["reference"]
+            self.reference_sha = identity["sha256"]
             self.trial.champion_version = identity.get("version")
         self.trial.references[identity.get("version")] = info["reference"]
 
@@ -311,9 +329,7 @@ class DeepfakeAPI:
             error = _describe(err)
         champion, challenger = (other, answered) if by_challenger else (answered, other)
         if challenger is not None and arm.version not in self.trial.references:
-            await self._reference_of(self.challengers, challenger["model"])
-        if self.trial.champion_version not in self.trial.references and champion is not None:
-            await self._reference_of(self.detectors, champion["model"])
+            self._in_background(self._reference_of(self.challengers, challenger["model"]))
         line = {"event": "shadow", "request_id": answer["request_id"],
                 "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
                 "answered_by": "challenger" if by_challenger else "champion",
@@ -506,6 +522,6 @@ class DeepfakeAPI:
         return {"model": model, "threshold": operating_points.get(self.settings.operating_point, [self.threshold])[0],
                 "operating_point": self.settings.operating_point, "operating_points": operating_points,
                 "combiner": combiner, "members": members,
-                "challenger": (self.trial.snapshot() or {}).get("challenger"),
+                "challenger": ((await asyncio.to_thread(self.trial.snapshot)) or {}).get("challenger"),
                 "limits": {**self.settings.limits(), "video_frames": self.scorer.num_frames}}
 

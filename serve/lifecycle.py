@@ -124,7 +124,7 @@ class ModelWatcher:
             if self.tried is not None and stamp == self.stamp:
                 return
             self.stamp = stamp
-            state = serving_state.read_state(self.state) if stamp is not None else None
+            state = serving_state.read_state(self.state, strict=False) if stamp is not None else None
             wanted = serving_state.slot(state, self.role, self.state) if state else None
             if wanted is None:
                 if self.role != "champion":
@@ -218,6 +218,7 @@ class ChallengerTrial:
         self.withdrawn: dict[str, Any] | None = None
         self.withdrawn_versions: set[int] = set()
         self.credit = 0.0
+        self.skipped = 0  # requests not compared: too many comparisons were still running
         # Validation scores of each version (from its replica), for drift against validation.
         self.references: dict[int | None, list[float]] = {}
         self.champion_version: int | None = None
@@ -237,14 +238,19 @@ class ChallengerTrial:
         if stamp == self.stamp:
             return
         self.stamp = stamp
-        state = serving_state.read_state(self.state) if stamp else None
+        state = serving_state.read_state(self.state, strict=False) if stamp else None
         wanted = serving_state.slot(state, "challenger", self.state) if state else None
-        if state and state.get("withdrawn"):
-            with self.lock:
-                self.withdrawn = self.withdrawn or state["withdrawn"]
+        withdrawn = (state or {}).get("withdrawn")
         with self.lock:
+            if isinstance(withdrawn, dict):
+                self.withdrawn = self.withdrawn or withdrawn
             if wanted is not None and wanted.version in self.withdrawn_versions:
-                wanted = None
+                if not isinstance(withdrawn, dict) or withdrawn.get("version") != wanted.version:
+                    # Challenged again (experiments/models.py clears the withdrawal): a new trial.
+                    self.withdrawn_versions.discard(wanted.version)
+                    self.withdrawn = None
+                else:
+                    wanted = None
             self.slot = wanted
             if wanted is None:
                 self.trial = None
@@ -344,22 +350,23 @@ class ChallengerTrial:
         if self.state is not None:
             try:
                 serving_state.withdraw(self.state, version, reason)
-            except OSError as err:
+            except Exception as err:  # noqa: BLE001 - withdrawn here all the same; the file only records it
                 logger.error("could not record the withdrawal in %s: %s", self.state, err)
         return True
 
     def correction(self, answer: dict[str, Any], label: str) -> None:
         """A correction of an answer the challenger also gave: both models' accuracy on it."""
-        shadow = answer.get("shadow")
-        if not shadow:
-            return
+        shadow = answer.get("shadow") or {}
+        champion, challenger = shadow.get("champion") or {}, shadow.get("challenger") or {}
+        if not champion or challenger.get("error") or "label" not in challenger:
+            return  # no comparison (or the challenger failed on it): nothing to score both models on
         with self.lock:
             trial = self.trial
-            if trial is None or trial.version != shadow["challenger"]["version"]:
+            if trial is None or trial.version != challenger.get("version"):
                 return
             trial.corrections += 1
-            trial.champion_correct += shadow["champion"]["label"] == label
-            trial.challenger_correct += shadow["challenger"]["label"] == label
+            trial.champion_correct += champion.get("label") == label
+            trial.challenger_correct += challenger["label"] == label
 
     # ---- GET /monitoring ----
 
@@ -378,6 +385,7 @@ class ChallengerTrial:
                 "requests_seen": trial.calls,
                 "compared": trial.compared,
                 "answered_by_challenger": trial.answered,
+                "not_compared": self.skipped,
                 "agreement": trial.agreements / trial.compared if trial.compared else None,
                 "mean_abs_delta": trial.abs_delta / trial.compared if trial.compared else None,
                 "corrections": trial.corrections,

@@ -135,8 +135,8 @@ class Observer:
         if request_id is not None:
             with self.lock:
                 recent = self.recent.get(request_id)
-                if recent is not None:
-                    recent.answer["shadow"] = line
+                if recent is not None:  # a new dict: /feedback may be writing the old one in a thread
+                    recent.answer = {**recent.answer, "shadow": line}
 
     def lookup(self, request_id: str) -> Recent | None:
         """The recent answer to `request_id`, or None when this replica never gave it (or forgot it)."""

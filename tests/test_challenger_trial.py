@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepfake_platform.serving_state import read_state, write_state
+from deepfake_platform.serving_state import read_state, slot, write_state
 from serve.lifecycle import ChallengerTrial
 from serve.settings import ChallengerArgs
 
@@ -105,3 +105,32 @@ def test_a_new_challenger_starts_a_new_trial_and_none_ends_it(tmp_path):
     assert trial.snapshot()["compared"] == 0
     state_with(tmp_path / "serving.json", None)
     assert trial.choose() is None and trial.snapshot() is None
+
+
+def test_a_withdrawn_version_challenged_again_is_on_trial_again(tmp_path):
+    trial = trial_for(tmp_path, max_error_rate=0.05)
+    for _ in range(10):
+        reason = trial.record(trial.choose(), champion=None, challenger=None, error="ModelFailed: out of memory")
+    assert trial.withdraw(2, reason) and trial.choose() is None
+    # `experiments/models.py challenge 2` again: the withdrawal is cleared from the state.
+    state_with(tmp_path / "serving.json", {"version": 2, "file": "models/v2.pth", "sha256": "b" * 64})
+    assert trial.choose().version == 2 and trial.snapshot()["requests_seen"] == 0
+
+
+def test_a_correction_of_a_request_the_challenger_failed_on_scores_neither(tmp_path):
+    trial = trial_for(tmp_path)
+    trial.choose()
+    trial.correction({"shadow": {"champion": {"version": 1, "label": "fake"},
+                                 "challenger": {"version": 2, "error": "ModelFailed: corrupt"}}}, "real")
+    assert trial.snapshot()["corrections"] == 0
+
+
+def test_a_malformed_state_reads_as_none_on_a_server_and_as_an_error_elsewhere(tmp_path):
+    path = tmp_path / "serving.json"
+    for text in ("{ half", "[1, 2]", '{"champion": {"version": "x"}}'):
+        path.write_text(text)
+        state = read_state(path, strict=False)
+        assert state is None or slot(state, "champion", path) is None
+    path.write_text("{ half")
+    with pytest.raises(ValueError):
+        read_state(path)
