@@ -247,6 +247,15 @@ def test_a_second_detector_replica_starts_under_load_and_goes_away_after(server)
         time.sleep(1)
 
 
+def launch_chromium(playwright):
+    """Debian's Chromium (or $DEEPFAKE_CHROMIUM), headless, without network chatter: Playwright's own download
+    cannot run here."""
+    return playwright.chromium.launch(
+        executable_path=os.environ.get("DEEPFAKE_CHROMIUM", "/usr/bin/chromium"),
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+              "--no-first-run", "--disable-sync"])
+
+
 @pytest.mark.timeout(300)
 def test_the_page_checks_a_photograph_in_a_real_browser(server, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -254,10 +263,7 @@ def test_the_page_checks_a_photograph_in_a_real_browser(server, tmp_path):
     picture = tmp_path / "astronaut.jpg"
     Image.fromarray(skimage.data.astronaut()).save(picture)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=os.environ.get("DEEPFAKE_CHROMIUM", "/usr/bin/chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run", "--disable-sync"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(f"{server['url']}/", wait_until="load")
@@ -294,10 +300,7 @@ def test_the_page_draws_each_face_of_a_photo_and_the_timeline_of_a_video(server,
     face, faceless = np.asarray(astronaut.crop((96, 0, 416, 240))), np.asarray(photo(7, 320).crop((0, 0, 320, 240)))
     write_video(tmp_path / "clip.avi", [face, face, faceless, face, faceless, face], fps=10)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=os.environ.get("DEEPFAKE_CHROMIUM", "/usr/bin/chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run", "--disable-sync"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(f"{server['url']}/", wait_until="load")
