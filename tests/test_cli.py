@@ -85,3 +85,14 @@ def test_a_command_shows_a_users_mistake_as_a_sentence_and_a_bug_with_its_traceb
         assert bug.returncode == 1
         assert "Traceback (most recent call last)" in bug.stderr and "in fail" in bug.stderr
         assert bug.stderr.strip().splitlines()[-1] == last_line and "error: " not in bug.stderr
+
+
+def test_a_job_joins_only_the_cluster_ray_start_recorded_not_any_ray_running_here(tmp_path, monkeypatch):
+    from deepfake_platform.orchestration.cluster import started_cluster_address
+
+    # Ray's address="auto" would join another process's private Ray (a Serve, another job): not recorded.
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    assert started_cluster_address() is None
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:6379\n")  # what `ray start --head` writes
+    assert started_cluster_address() == "127.0.0.1:6379"

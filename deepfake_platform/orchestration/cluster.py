@@ -81,9 +81,10 @@ def ensure_ray(*, verbose: bool = False, num_cpus: int | None = None) -> bool:
         packages = [str(REPO_ROOT / name) for name in ("deepfake_platform", "models")]
         _init(ray, address, verbose, {**options, "runtime_env": {"py_modules": packages, "env_vars": WORKER_ENV}})
         return False
-    if address != "local":
+    started = started_cluster_address() if address != "local" else None
+    if started:
         try:  # a cluster started on this machine with `ray start --head`
-            _init(ray, "auto", verbose, {**options, "runtime_env": {"env_vars": WORKER_ENV}})
+            _init(ray, started, verbose, {**options, "runtime_env": {"env_vars": WORKER_ENV}}, local_cluster=True)
             return False
         except ConnectionError:
             pass
@@ -98,7 +99,21 @@ def ensure_ray(*, verbose: bool = False, num_cpus: int | None = None) -> bool:
     return True
 
 
-def _init(ray: Any, address: str | None, verbose: bool, options: dict[str, Any]) -> None:
+def started_cluster_address() -> str | None:
+    """The address `ray start --head` on this machine recorded (Ray's `ray_current_cluster` file), or None.
+
+    Only such a cluster is joined: Ray's own `address="auto"` joins any Ray it finds running here, a Serve's or
+    another job's private one too, whose CPUs are taken (the run's controller is then cancelled unstarted)."""
+    from ray._common.utils import get_ray_address_file  # ray:
+
+    try:
+        return Path(get_ray_address_file(None)).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _init(ray: Any, address: str | None, verbose: bool, options: dict[str, Any], *,
+          local_cluster: bool = False) -> None:
     from ray.exceptions import AuthenticationError  # ray:
 
     if not verbose:
@@ -112,7 +127,7 @@ def _init(ray: Any, address: str | None, verbose: bool, options: dict[str, Any])
         raise ClusterError(auth_hint(address)) from err
     except (RuntimeError, ConnectionError) as err:
         text = f"{err} {err.__cause__}"
-        if address in (None, "auto") and isinstance(err, ConnectionError) and "authenticat" not in text.lower():
+        if (address is None or local_cluster) and isinstance(err, ConnectionError) and "authenticat" not in text.lower():
             raise  # no cluster on this machine: the caller starts one
         if os.environ.get("RAY_AUTH_MODE") != "token" or "authenticat" in text.lower():
             raise ClusterError(auth_hint(address)) from err
