@@ -21,13 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "reproduce_baseline.py"
 
 
-def run_job(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run the main job as a user would, in `workdir`, on a fresh local Ray of its own."""
-    env = user_env()
+def run_job(workdir: Path, *args: str, timeout: int = 300, temp: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the main job as a user would, in `workdir`, on a fresh local Ray of its own (under TMPDIR `temp`)."""
+    env = user_env(**({"TMPDIR": str(temp)} if temp else {}))
     result = subprocess.run(
         [sys.executable, str(SCRIPT), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Invalid cross-device link" not in result.stdout + result.stderr
     return result
 
 
@@ -39,9 +40,12 @@ def test_shard_sampler_covers_every_index_once():
 
 @pytest.mark.ray
 @pytest.mark.timeout(600)
-def test_smoke_run_then_resume(tmp_path, data_root):
-    first = run_job(tmp_path, "--smoke", "--data", str(data_root), "--name", "X", "--epochs", "2",
-                    "--set", "train.precision=fp32")
+def test_smoke_run_then_resume(split_filesystems, data_root):
+    # Outputs on another filesystem than TMPDIR where the machine has one (tests/test_filesystems.py): every
+    # staging copy, rename and link of a run must work there (EXDEV), as on a tmpfs /tmp or an NFS home.
+    home, temp = split_filesystems
+    first = run_job(home, "--smoke", "--data", str(data_root), "--name", "X", "--epochs", "2",
+                    "--set", "train.precision=fp32", temp=temp)
     # A clean console: one summary line per epoch and the report; Ray's per-report chatter is in its logs.
     console = first.stdout + first.stderr
     assert len(re.findall(r"epoch \d: train loss", console)) == 2, console[-3000:]
@@ -49,7 +53,7 @@ def test_smoke_run_then_resume(tmp_path, data_root):
                     "Token authentication is enabled", "core_worker.cc", "TrainController"):
         assert chatter not in console
     assert "Report: " in console and "Wall time" in console
-    checkpoints = tmp_path / "checkpoints" / "X"
+    checkpoints = home / "checkpoints" / "X"
     epoch_files = sorted(checkpoints.glob("epoch_*_auc_*.pth"))
     assert [p.name[:9] for p in epoch_files] == ["epoch_000", "epoch_001"]
     for path in [*epoch_files, checkpoints / "best.pth"]:
@@ -57,10 +61,13 @@ def test_smoke_run_then_resume(tmp_path, data_root):
         assert record.optimizer_state_dict and record.detector == "hybrid_tiny" and record.config["name"] == "X"
         assert record.parameters["total"] > 0 and len(record.val_scores["real"]) + len(record.val_scores["fake"]) == 9
         assert f"{record.val_auc:.4f}" in path.name or path.name == "best.pth"
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")]  # no staging file left behind
+    # Ray's own copy of the latest checkpoint, made from the staging folder beside the epoch files.
+    assert list((home / "ray_results").rglob("checkpoint.pth"))
     best = read_checkpoint(checkpoints / "best.pth")
     assert best.val_auc == max(read_checkpoint(p).val_auc for p in epoch_files)
 
-    run_dir = tmp_path / "runs" / "X"
+    run_dir = home / "runs" / "X"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     report = (run_dir / "RESULTS.md").read_text()
     for section in SECTIONS:
@@ -73,28 +80,30 @@ def test_smoke_run_then_resume(tmp_path, data_root):
     assert threads == int(results["hardware"]["cpus_per_worker"]) >= 1
     assert f"| threads_per_worker | {threads} |" in report
     assert [row["epoch"] for row in results["history"]] == [0, 1]
-    promoted = read_checkpoint(tmp_path / "artifacts" / "best.pth")
+    promoted = read_checkpoint(home / "artifacts" / "best.pth")
     assert promoted.optimizer_state_dict is None and promoted.epoch == best.epoch
-    assert json.loads((tmp_path / "artifacts" / "best.json").read_text())["run"] == "X"
+    assert json.loads((home / "artifacts" / "best.json").read_text())["run"] == "X"
+    assert json.loads((home / "artifacts" / "best.json").read_text())["best"]["epoch"] == best.epoch
     # Tracked in the home's MLflow store and registered as the champion (the first version).
     assert "Registered as version 1 of the detector, the champion." in console
-    client, run = tracked_run(tmp_path, "X")
+    client, run = tracked_run(home, "X")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [0, 1]
     assert run.data.params["train.precision"] == "fp32" and run.data.metrics["test_auc"] == results["test"]["metrics"]["auc"]
     logged = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"RESULTS.md", "results.json", "roc_test.png", "model"} <= logged
-    assert (tmp_path / "artifacts" / "best.pth").read_bytes() == (tmp_path / "artifacts" / "models" / "v1.pth").read_bytes()
+    assert (home / "artifacts" / "best.pth").read_bytes() == (home / "artifacts" / "models" / "v1.pth").read_bytes()
     assert client.get_model_version_by_alias("deepfake-detector", "champion").run_id == run.info.run_id
     # One predict path: evaluate.py on the validation split finds the AUC training recorded.
     evaluated = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "evaluate.py"), "--checkpoint", str(checkpoints / "best.pth"),
-         "--data", str(data_root), "--split", "val", "--out", str(tmp_path / "val.json")],
-        cwd=tmp_path, env=user_env(), capture_output=True, text=True, timeout=300)
+         "--data", str(data_root), "--split", "val", "--out", str(home / "val.json")],
+        cwd=home, env=user_env(), capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert json.loads((tmp_path / "val.json").read_text())["metrics"]["auc"] == pytest.approx(best.val_auc, abs=1e-9)
+    assert json.loads((home / "val.json").read_text())["metrics"]["auc"] == pytest.approx(best.val_auc, abs=1e-9)
 
     before = {p.name: p.stat().st_mtime_ns for p in epoch_files}
-    resumed = run_job(tmp_path, "--smoke", "--data", str(data_root), "--resume", str(epoch_files[-1]), "--epochs", "3")
+    resumed = run_job(home, "--smoke", "--data", str(data_root), "--resume", str(epoch_files[-1]), "--epochs", "3",
+                      temp=temp)
     assert "Resuming after epoch 1" in resumed.stdout + resumed.stderr
     after = sorted(checkpoints.glob("epoch_*_auc_*.pth"))
     assert [p.name[:9] for p in after] == ["epoch_000", "epoch_001", "epoch_002"]

@@ -180,8 +180,8 @@ def sweep_command(out: Path, data_root: Path, name: str, config: Path = SMOKE) -
             "--data", str(data_root), "--name", name]
 
 
-def sweep_env() -> dict[str, str]:
-    return user_env()
+def sweep_env(**extra: str) -> dict[str, str]:
+    return user_env(**extra)
 
 
 def trial_statuses(tune_dir: Path) -> dict[str, str]:
@@ -214,13 +214,17 @@ def grid_sweep(path: Path, learning_rates: list[float]) -> Path:
 @pytest.mark.fault
 @pytest.mark.long
 @pytest.mark.timeout(480)
-def test_a_stopped_sweep_resumes_keeps_finished_trials_and_records_a_diverged_one(tmp_path, data_root):
-    out, name = tmp_path / "out", "resumable"
+def test_a_stopped_sweep_resumes_keeps_finished_trials_and_records_a_diverged_one(tmp_path, data_root,
+                                                                                 split_filesystems):
+    # Outputs on another filesystem than TMPDIR where the machine has one (tests/test_filesystems.py): the trials'
+    # checkpoints, Tune's state and the best trial's promotion must work there (EXDEV) as anywhere.
+    out, temp = split_filesystems
+    name = "resumable"
     # Two healthy trials run first (two at a time on 2 CPUs); the third one's learning rate diverges.
     command = sweep_command(out, data_root, name, grid_sweep(tmp_path / "grid.yaml", [1e-3, 3e-3, 1e6]))
     log_path = tmp_path / "first.log"
     with log_path.open("w") as log:
-        driver = subprocess.Popen(command, env=sweep_env(), stdout=log, stderr=subprocess.STDOUT,
+        driver = subprocess.Popen(command, env=sweep_env(TMPDIR=str(temp)), stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         try:
             deadline = time.monotonic() + 300
@@ -244,9 +248,10 @@ def test_a_stopped_sweep_resumes_keeps_finished_trials_and_records_a_diverged_on
     weights = {trial: read_checkpoint(out / "checkpoints" / name / trial / "best.pth") for trial in finished}
     kept_runs = {trial: mtimes(out / "ray_results" / name / "train" / trial) for trial in finished}
 
-    resumed = subprocess.run([*command, "--resume"], env=sweep_env(), capture_output=True, text=True,
+    resumed = subprocess.run([*command, "--resume"], env=sweep_env(TMPDIR=str(temp)), capture_output=True, text=True,
                              timeout=300, start_new_session=True)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Invalid cross-device link" not in log_path.read_text() + resumed.stdout + resumed.stderr
     assert f"Resuming sweep {name}" in resumed.stdout
     for trial in finished:
         # Neither the epoch files nor the Ray Train run of a finished trial were written again (best.pth of the
