@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.process_cpu import CpuWindow
 from benchmarks.settings import Settings
 from deepfake_platform.files import copy_atomic
 
@@ -45,10 +47,12 @@ def measure_scoring(checkpoint: Path, data_root: Path, s: Settings, workdir: Pat
     del predictor
     gc.collect()
     walls = []
+    window = CpuWindow()  # who used the cores during the large run
     for files in (small, large):
         start = time.perf_counter()
-        summary = run_scoring([str(path) for path in files], workdir / f"{files[0].parent.name}.parquet", checkpoint,
-                              batch_size=batch_size, faces="off")
+        with window if files is large else contextlib.nullcontext():
+            summary = run_scoring([str(path) for path in files], workdir / f"{files[0].parent.name}.parquet",
+                                  checkpoint, batch_size=batch_size, faces="off")
         walls.append(time.perf_counter() - start)
         if summary.scored != len(files) or summary.unreadable:
             raise RuntimeError(f"batch scoring scored {summary.scored} of {len(files)} files "
@@ -58,7 +62,8 @@ def measure_scoring(checkpoint: Path, data_root: Path, s: Settings, workdir: Pat
             "score_ray_data": {"images_per_s": steady, "images": float(len(large)),
                                "steady_images": float(len(large) - len(small)),
                                "end_to_end_images_per_s": len(large) / walls[1], "start_s": start_s,
-                               "small_run_s": walls[0], "large_run_s": walls[1]}}
+                               "small_run_s": walls[0], "large_run_s": walls[1]},
+            "cpu_score": window.cores}
 
 
 def steady_and_startup(small_s: float, small: int, large_s: float, large: int) -> tuple[float, float]:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.http_load import concurrent_load, single_request_latencies
+from benchmarks.process_cpu import CpuWindow
 from benchmarks.settings import Settings
 from benchmarks.timing import percentile
 
 # An env var nobody sets: the benchmark's Serve app runs without API-token authentication.
 NO_TOKEN_ENV = "DEEPFAKE_BENCHMARK_NO_TOKEN"
+# Seconds the deployed app is watched with no request, for what it costs by itself.
+IDLE_WINDOW_S = 10.0
 
 
 def free_port() -> int:
@@ -45,5 +49,10 @@ def measure_serve(checkpoint: Path, image: bytes, s: Settings, workdir: Path) ->
     latencies = single_request_latencies(url, image, s.serve_single, timeout_s=120)
     single = {"p50_ms": 1000 * percentile(latencies, 50), "p90_ms": 1000 * percentile(latencies, 90),
               "requests": float(len(latencies))}
-    load = concurrent_load(url, image, s.serve_requests, s.serve_concurrency, timeout_s=300)
-    return {"serve_single": single, "serve_load": load}
+    # Where the cores go: with the app deployed and idle (what Serve, Ray and the app's pollers cost by
+    # themselves), then under the clients' load (the replicas, the proxy, the clients).
+    with CpuWindow() as idle:
+        time.sleep(IDLE_WINDOW_S)
+    with CpuWindow() as busy:
+        load = concurrent_load(url, image, s.serve_requests, s.serve_concurrency, timeout_s=300)
+    return {"serve_single": single, "serve_load": load, "cpu_serve_idle": idle.cores, "cpu_serve_load": busy.cores}

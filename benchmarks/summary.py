@@ -82,6 +82,7 @@ def summarize_cpu(raw: dict[str, dict[str, float] | None], train_flop_per_image:
     summary["infer_predictor_share_of_bf16_peak"] = summary["infer_share_of_bf16_peak"]
     if raw.get("parity"):
         summary.update(raw["parity"])
+    summary.update(cpu_figures(raw))
     return {key: math.nan if value is None else float(value) for key, value in summary.items()}
 
 
@@ -100,3 +101,39 @@ def summarize_gpu(raw: dict[str, dict[str, float] | None], peak_flops: float) ->
 def mfu(rate: float, flop_per_image: float, peak_flops: float) -> float:
     """Model FLOP utilisation: achieved FLOP/s (images/s times FLOP per image) over the peak."""
     return rate * flop_per_image / peak_flops
+
+
+# The windows in which the benchmark watched who used the cores (benchmarks/process_cpu.py).
+CPU_WINDOWS = ("cpu_serve_idle", "cpu_serve_load", "cpu_train_ray", "cpu_score")
+FRONT_ROLES = ("serve replica DeepfakeAPI", "serve proxy")
+
+
+def role_key(window: str, role: str) -> str:
+    """The JSON key of one role's cores in one window: `cpu_serve_load__serve_proxy`."""
+    return f"{window}__" + "".join(ch if ch.isalnum() else "_" for ch in role.lower()).strip("_")
+
+
+def cpu_figures(raw: dict[str, dict[str, float] | None]) -> dict[str, float | None]:
+    """Each window's cores per role (flat keys), and what they come to: the Serve front's (proxy and ingress)
+    CPU per request beyond its idle cost, the cores Serve and Ray use with the app idle, the share of the
+    cores the Detector replica got under load, and the cores everything but the training worker used while
+    Ray Train ran."""
+    figures: dict[str, float | None] = {}
+    for window in CPU_WINDOWS:
+        for role, cores in (raw.get(window) or {}).items():
+            figures[role_key(window, role)] = cores
+    idle, busy, train = raw.get("cpu_serve_idle") or {}, raw.get("cpu_serve_load") or {}, raw.get("cpu_train_ray") or {}
+    requests = (raw.get("serve_load") or {}).get("requests")
+    front = None
+    if busy and idle and requests:
+        extra_cores = sum(busy.get(role, 0.0) - idle.get(role, 0.0) for role in FRONT_ROLES)
+        front = 1000.0 * extra_cores * busy["wall_s"] / requests
+    figures["serve_front_cpu_ms_per_request"] = front
+    figures["serve_idle_cores"] = (sum(v for k, v in idle.items() if k not in ("wall_s", "benchmark driver"))
+                                   if idle else None)
+    figures["serve_detector_cores"] = sum(v for k, v in busy.items() if k.startswith("serve replica Detector")) \
+        if busy else None
+    figures["ray_train_other_cores"] = (sum(v for k, v in train.items()
+                                            if k not in ("wall_s", "benchmark driver", "train worker"))
+                                        if train else None)
+    return figures

@@ -84,6 +84,7 @@ def render_cpu_table(summary: dict[str, float], info: dict[str, str], settings: 
             f"{_fmt(s['matmul_fp32_flops'] / 1e9, 0)} GFLOP/s fp32, {_fmt(s['matmul_bf16_flops'] / 1e9, 0)} GFLOP/s bf16. "
             f"Shares use {TRAIN_FLOP_PER_IMAGE / 1e9:.1f} GFLOP per training image and {INFER_FLOP_PER_IMAGE / 1e9:.1f} "
             "per inference image.")]
+    lines += cpu_lines(s, info)
     if "fp32_val_auc_mean" in s:
         within = "yes" if s["bf16_auc_within_noise"] else "no"
         lines += [
@@ -129,3 +130,26 @@ def render_gpu_table(summary: dict[str, float], info: dict[str, str], settings: 
 def _machine_line(info: dict[str, str]) -> str:
     return (f"Machine: {info['cpu']}, {info['cores']} cores ({info['cpu_bf16']}), accelerator {info['accelerator']}; "
             f"{info['date']}; Python {info['python']}, torch {info['torch']}, ray {info['ray']}, timm {info['timm']}.")
+
+
+def cpu_lines(s: dict[str, float], info: dict[str, str]) -> list[str]:
+    """Where the cores went in each watched window: every role's share of the machine, largest first."""
+    cores = float(info.get("cores") or 1)
+    names = {"cpu_serve_idle": "serve, app deployed and idle", "cpu_serve_load": "serve under load",
+             "cpu_train_ray": "Ray Train (start-up included)", "cpu_score": "batch scoring, large run"}
+    lines = []
+    for window, what in names.items():
+        prefix = f"{window}__"
+        shares = sorted(((value, key[len(prefix):]) for key, value in s.items()
+                         if key.startswith(prefix) and key != f"{prefix}wall_s" and not math.isnan(value)),
+                        reverse=True)
+        if shares:
+            parts = ", ".join(f"{role.replace('_', ' ')} {100 * value / cores:.1f} %" for value, role in shares
+                              if value / cores >= 0.005)
+            lines.append(f"- {what} ({_fmt(s.get(prefix + 'wall_s'), 0)} s): {parts}")
+    if not lines:
+        return []
+    front = s.get("serve_front_cpu_ms_per_request", math.nan)
+    return ["", "Where the cores went (share of the machine's cores per process role, CPU seconds over wall "
+                f"seconds; Serve's proxy and ingress: {_fmt(front, 0)} ms CPU per request beyond their idle cost):",
+            *lines]
