@@ -67,8 +67,10 @@ def test_quick_run_without_ray_writes_every_json_key(tmp_path):
     # Skipped phases are null (valid JSON), never a made-up number; shares need the hybrid's FLOP count.
     for key in ("ray_train_vs_plain_step", "serve_vs_bare_batched", "serve_p50_ms", "train_ray_images_per_s",
                 "serve_p50_vs_bare_single", "main_job_overhead", "score_vs_predict_path", "train_share_of_bf16_peak",
-                "infer_share_of_bf16_peak", "score_steady_images_per_s", "score_startup_s"):
+                "infer_share_of_bf16_peak", "score_steady_images_per_s", "score_startup_s",
+                "serve_front_cpu_ms_per_request", "serve_idle_cores", "serve_detector_cores", "ray_train_other_cores"):
         assert figures[key] is None, key
+    assert not [key for key in figures if key.startswith("cpu_")], "a CPU breakdown of a phase that did not run"
     assert figures["errors"] == {}
     assert figures["machine"]["torch"] == torch.__version__
     text = doc.read_text()
