@@ -4,6 +4,7 @@ and exit status 2; anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,33 @@ def test_a_job_joins_only_the_cluster_ray_start_recorded_not_any_ray_running_her
     (tmp_path / "ray").mkdir()
     (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:6379\n")  # what `ray start --head` writes
     assert started_cluster_address() == "127.0.0.1:6379"
+
+
+def test_ensure_ray_starts_its_own_ray_unless_ray_start_recorded_a_cluster(tmp_path, monkeypatch):
+    """Which Ray a command joins: never `address="auto"` (any Ray running here); the recorded cluster when there is
+    one and it answers, else a private local Ray."""
+    import ray
+
+    from deepfake_platform.orchestration import cluster
+
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",
+                                                                                          "RAY_JOB_CONFIG_JSON_ENV_VAR")})
+    os.environ["RAY_TMPDIR"] = str(tmp_path)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    joined: list[str | None] = []
+    stale = {"127.0.0.1:1"}
+
+    def init(_ray, address, verbose, options, **kwargs):
+        joined.append(address)
+        if address in stale:
+            raise ConnectionError("nothing listens there")
+
+    monkeypatch.setattr(cluster, "_init", init)
+    assert cluster.ensure_ray() is True and joined == ["local"]
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:6379\n")
+    joined.clear()
+    assert cluster.ensure_ray() is False and joined == ["127.0.0.1:6379"]
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")  # a cluster stopped without `ray stop`
+    joined.clear()
+    assert cluster.ensure_ray() is True and joined == ["127.0.0.1:1", "local"]
